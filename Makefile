@@ -1,0 +1,25 @@
+# Two commands on a fresh clone: `make run` (set up, then `dvc repro` on the demo data) and
+# `make test` (set up, then the test suite). The venv is rebuilt when requirements.txt changes.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup run test clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	dvc repro
+
+test: $(STAMP)
+	python -m pytest
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,55 @@
+"""The wrapper every stage entry point runs through: logging set-up, signals and exit codes.
+
+A :class:`PipelineError` (bad params, bad data) ends the stage with one line on stderr and exit
+code 2; Ctrl-C or SIGTERM with 130; anything else with a one-line summary and exit code 1. Set
+``IMGCLF_DEBUG=1`` to get the full traceback instead.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from imgclf.errors import PipelineError
+
+
+def _raise_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def run_stage(name: str, body: Callable[[], None]) -> int:
+    """Run one stage's body and turn its outcome into an exit code."""
+    setup_logging()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    debug = os.environ.get("IMGCLF_DEBUG", "") not in ("", "0")
+    try:
+        body()
+    except PipelineError as err:
+        if debug:
+            raise
+        print(f"error: {name}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"error: {name}: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except Exception as err:  # the last line must still say what happened
+        if debug:
+            raise
+        logging.getLogger(name).debug("failure", exc_info=True)
+        print(f"error: {name}: {type(err).__name__}: {err} (set IMGCLF_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(name: str, body: Callable[[], None]) -> None:
+    sys.exit(run_stage(name, body))

@@ -1,0 +1,231 @@
+"""From a folder of class folders to split, augmented uint8 arrays.
+
+Pure logic: it reads images and returns arrays; writing them is :func:`write_prepared`'s job and
+the stage decides where. The split happens per original image *before* augmentation, so copies
+of one photo never sit on both sides of it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from sklearn.model_selection import train_test_split
+
+from imgclf import paths
+from imgclf.errors import PipelineError
+from imgclf.fileio import atomic_dir
+from imgclf.images import RESAMPLE, BadImage, is_image_name, load_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    """The image files found under ``data.source``, with their class indices."""
+
+    root: Path
+    labels: list[str]
+    files: list[Path]
+    y: list[int]
+    ignored: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Decoded:
+    """Decoded originals (N, S, S, 3) plus what had to be skipped."""
+
+    x: np.ndarray
+    y: np.ndarray
+    files: list[Path]
+    skipped: list[tuple[Path, str]]
+
+
+def _walk_images(folder: Path) -> tuple[list[Path], list[Path]]:
+    """Visible image files under ``folder`` (nested folders included), in a stable order.
+
+    Hidden files and folders are left out; symlinked files are read, symlinked folders are not
+    followed (no loops). Returns (images, other files that were ignored).
+    """
+    images: list[Path] = []
+    ignored: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            p = Path(dirpath) / name
+            if name.startswith("."):
+                continue
+            (images if is_image_name(p) else ignored).append(p)
+    images.sort(key=lambda p: p.relative_to(folder).as_posix())
+    return images, ignored
+
+
+def scan(source: Path, labels: list[str] | None = None) -> Source:
+    """List the class folders of ``source`` and their image files.
+
+    Class = folder name; ``labels`` (when given) fixes their order and must match the folders.
+    """
+    if not source.is_dir():
+        raise PipelineError(f"data.source '{source}' is not a folder: create it with one subfolder "
+                            "of images per class, or set data.source in params.yaml")
+    folders = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    stray = sorted(p.name for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
+    if stray:
+        log.warning("ignoring %d file(s) at the top of %s (images belong in class folders): %s",
+                    len(stray), source, ", ".join(stray[:5]))
+    if not folders:
+        raise PipelineError(f"data.source '{source}' has no class folders: put each class's images "
+                            "in a subfolder named after the class")
+    if labels is None:
+        labels = folders
+    else:
+        missing = [lb for lb in labels if lb not in folders]
+        if missing:
+            raise PipelineError(f"data.labels names {missing}, but {source} has no such folder; "
+                                f"folders found: {folders}")
+        extra = [f for f in folders if f not in labels]
+        if extra:
+            raise PipelineError(f"{source} has class folders {extra} that data.labels does not list: "
+                                "add them to data.labels or move them out")
+    files: list[Path] = []
+    y: list[int] = []
+    ignored: list[Path] = []
+    for index, label in enumerate(labels):
+        images, other = _walk_images(source / label)
+        files += images
+        y += [index] * len(images)
+        ignored += other
+    if ignored:
+        log.warning("ignoring %d file(s) whose suffix is not an image format's, e.g. %s",
+                    len(ignored), ignored[0])
+    return Source(root=source, labels=list(labels), files=files, y=y, ignored=ignored)
+
+
+def decode(src: Source, image_size: int, on_bad_image: str = "skip", progress: bool = False) -> Decoded:
+    """Decode every file of ``src``; skip (with one warning each) or fail on unusable files."""
+    from tqdm import tqdm
+
+    x = np.empty((len(src.files), image_size, image_size, 3), dtype=np.uint8)
+    keep: list[int] = []
+    skipped: list[tuple[Path, str]] = []
+    for i, path in enumerate(tqdm(src.files, desc="decode", unit="img", disable=not progress)):
+        try:
+            x[len(keep)] = np.asarray(load_image(path, image_size), dtype=np.uint8)
+        except BadImage as err:
+            if on_bad_image == "fail":
+                raise PipelineError(f"{path}: {err} (data.on_bad_image is 'fail'; remove the file "
+                                    "or set it to 'skip')") from None
+            log.warning("skipping %s: %s", path, err)
+            skipped.append((path, str(err)))
+            continue
+        keep.append(i)
+    y = np.asarray([src.y[i] for i in keep], dtype=label_dtype(len(src.labels)))
+    counts = np.bincount(y, minlength=len(src.labels))
+    empty = [src.labels[k] for k in np.flatnonzero(counts == 0)]
+    if empty:
+        raise PipelineError(f"class folder(s) {empty} under {src.root} have no usable image: add "
+                            "images or remove the folder (or its entry in data.labels)")
+    return Decoded(x=x[: len(keep)], y=y, files=[src.files[i] for i in keep], skipped=skipped)
+
+
+def label_dtype(n_classes: int) -> np.dtype:
+    """Smallest unsigned type that holds every class index."""
+    return np.dtype(np.uint8 if n_classes <= 256 else np.uint32)
+
+
+def split_indices(y: np.ndarray, test_size: float, val_size: float, seed: int,
+                  labels: list[str]) -> dict[str, np.ndarray]:
+    """Stratified, seeded split of original-image indices into train / val / test.
+
+    ``val_size`` is a fraction of what is left after the test split.
+    """
+    counts = np.bincount(y, minlength=len(labels))
+    need = 2 if val_size == 0 else 3
+    small = {labels[k]: int(c) for k, c in enumerate(counts) if c < need}
+    if small:
+        raise PipelineError(f"class(es) {small} have too few images for a stratified split (need at "
+                            f"least {need} each): add images or lower data.val_size to 0")
+    idx = np.arange(len(y))
+    try:
+        rest, test = train_test_split(idx, test_size=test_size, stratify=y, random_state=seed)
+        if val_size > 0:
+            train, val = train_test_split(rest, test_size=val_size, stratify=y[rest], random_state=seed)
+        else:
+            train, val = rest, idx[:0]
+    except ValueError as err:
+        raise PipelineError(f"cannot split {len(y)} images into {len(labels)} classes with "
+                            f"data.test_size={test_size}, data.val_size={val_size} ({err}); add "
+                            "images or raise the fractions") from None
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def augment_one(image: np.ndarray, angles: list[float], flip: bool) -> list[np.ndarray]:
+    """The seed's augmentation: each angle's rotation, and its mirror image when ``flip``."""
+    img = Image.fromarray(image)
+    out = []
+    for angle in angles:
+        rotated = img if angle == 0 else img.rotate(angle, resample=RESAMPLE, fillcolor=(0, 0, 0))
+        out.append(np.asarray(rotated, dtype=np.uint8))
+        if flip:
+            out.append(np.asarray(rotated.transpose(Image.Transpose.FLIP_LEFT_RIGHT), dtype=np.uint8))
+    return out
+
+
+def copies_per_image(angles: list[float], flip: bool) -> int:
+    return len(angles) * (2 if flip else 1)
+
+
+def write_prepared(out_dir: Path, decoded: Decoded, splits: dict[str, np.ndarray], labels: list[str],
+                   angles: list[float], flip: bool, progress: bool = False) -> dict[str, int]:
+    """Write x/y arrays per split (train augmented, val/test as decoded) and the label list.
+
+    Everything lands in a temporary folder that replaces ``out_dir`` only when complete. The
+    augmented training array is filled in place through a memory map, so it never needs to fit
+    in RAM. Returns the number of images per split.
+    """
+    from tqdm import tqdm
+
+    sizes: dict[str, int] = {}
+    copies = copies_per_image(angles, flip)
+    with atomic_dir(out_dir) as tmp:
+        train = splits["train"]
+        shape = (len(train) * copies,) + decoded.x.shape[1:]
+        x_train = np.lib.format.open_memmap(tmp / "x_train.npy", mode="w+", dtype=np.uint8, shape=shape)
+        for n, i in enumerate(tqdm(train, desc="augment", unit="img", disable=not progress)):
+            x_train[n * copies:(n + 1) * copies] = np.stack(augment_one(decoded.x[i], angles, flip))
+        x_train.flush()
+        del x_train
+        np.save(tmp / "y_train.npy", np.repeat(decoded.y[train], copies))
+        sizes["train"] = shape[0]
+        for name in ("val", "test"):
+            np.save(tmp / f"x_{name}.npy", decoded.x[splits[name]])
+            np.save(tmp / f"y_{name}.npy", decoded.y[splits[name]])
+            sizes[name] = len(splits[name])
+        (tmp / paths.LABELS_FILE).write_text(json.dumps(labels, ensure_ascii=False, indent=1) + "\n",
+                                             encoding="utf-8")
+    return sizes
+
+
+@dataclass
+class Prepared:
+    """Arrays of one prepared dataset, memory-mapped read-only."""
+
+    labels: list[str]
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+
+
+def load_prepared(folder: Path, mmap: bool = True) -> Prepared:
+    """Read what :func:`write_prepared` wrote (never unpickling anything)."""
+    try:
+        labels = json.loads((folder / paths.LABELS_FILE).read_text(encoding="utf-8"))
+        mode = "r" if mmap else None
+        x = {s: np.load(folder / f"x_{s}.npy", mmap_mode=mode, allow_pickle=False) for s in paths.SPLITS}
+        y = {s: np.load(folder / f"y_{s}.npy", allow_pickle=False) for s in paths.SPLITS}
+    except FileNotFoundError as err:
+        raise PipelineError(f"{err.filename} is missing: run the augment stage first (dvc repro)") from None
+    return Prepared(labels=labels, x=x, y=y)

@@ -1,0 +1,77 @@
+"""Decoding any image file into a fixed-size RGB array, the same way for training and prediction.
+
+Pillow reads JPEG, PNG, BMP, GIF, WebP and TIFF. Every mode ends as 8-bit RGB: 16-bit and float
+images are scaled (not clipped) into 0..255, transparency is flattened onto white, EXIF
+orientation is applied, and animated files use their first frame.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+RESAMPLE = Image.Resampling.BILINEAR
+_BACKGROUND = (255, 255, 255)
+
+
+class BadImage(Exception):
+    """A file that cannot be used as an image; the message says why."""
+
+
+def is_image_name(path: Path) -> bool:
+    """True for a visible file whose suffix is one of the supported formats."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB without clipping wide ranges."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16"):
+            top = 65535.0
+        else:
+            # 32-bit integer and float images have no fixed range: stretch what is there.
+            arr = arr - arr.min()
+            top = float(arr.max()) or 1.0
+        img = Image.fromarray(np.round(arr * (255.0 / top)).clip(0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
+        img = Image.alpha_composite(canvas, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+def load_image(path: Path, size: int) -> Image.Image:
+    """Decode ``path`` to a ``size`` x ``size`` RGB image, or raise :class:`BadImage`."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns before it refuses a bomb; make the warning an error too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.seek(0)
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                img = to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise BadImage(f"decompression bomb refused ({err})") from None
+    except UnidentifiedImageError:
+        raise BadImage("not an image Pillow can read") from None
+    except FileNotFoundError:
+        raise BadImage("file not found") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise BadImage(f"corrupt or truncated ({err})") from None
+    if img.size != (size, size):
+        img = img.resize((size, size), RESAMPLE)
+    return img
+
+
+def load_array(path: Path, size: int) -> np.ndarray:
+    """Decode ``path`` to a ``(size, size, 3)`` uint8 array."""
+    return np.asarray(load_image(path, size), dtype=np.uint8)

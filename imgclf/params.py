@@ -1,0 +1,194 @@
+"""Load and validate ``params.yaml`` into typed objects: the one place that knows its shape.
+
+Every stage calls :func:`load` before doing any work, so an unknown key, a wrong type or an
+out-of-range value stops the pipeline at once with a one-line message naming the key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from imgclf.errors import PipelineError
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseParams(_Section):
+    """Settings shared by every stage."""
+
+    seed: int = Field(42, ge=0, lt=2**32, description="drives NumPy, Python and TensorFlow")
+
+
+class DataParams(_Section):
+    """Where the images are and how they are read and split."""
+
+    source: str = "data/demo"
+    labels: list[str] | None = None
+    image_size: int = Field(32, ge=8, le=1024)
+    test_size: float = Field(0.2, gt=0, lt=1)
+    val_size: float = Field(0.1, ge=0, lt=1)
+    on_bad_image: Literal["skip", "fail"] = "skip"
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if len(v) < 2:
+                raise ValueError("needs at least 2 class names, or null to use the folder names")
+            dupes = sorted({x for x in v if v.count(x) > 1})
+            if dupes:
+                raise ValueError(f"lists {dupes} more than once")
+        return v
+
+
+class AugmentParams(_Section):
+    """Transforms applied to each training image (test and validation images stay as they are)."""
+
+    angles: list[float] = Field(default_factory=lambda: [-20, -15, -10, -5, 0, 5, 10, 15])
+    flip: bool = False
+
+    @field_validator("angles")
+    @classmethod
+    def _some_angles(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("needs at least one angle (use [0] to keep images as they are)")
+        if any(abs(a) > 180 for a in v):
+            raise ValueError("angles are degrees in [-180, 180]")
+        return v
+
+
+class TrainParams(_Section):
+    """The CNN (the seed's architecture by default) and how it is fitted."""
+
+    conv_filters: list[int] = Field(default_factory=lambda: [32, 64])
+    kernel_size: int = Field(3, ge=1, le=15)
+    dense_units: int = Field(512, ge=1)
+    dropout_conv: float = Field(0.25, ge=0, lt=1)
+    dropout_dense: float = Field(0.5, ge=0, lt=1)
+    optimizer: Literal[OPTIMIZERS] = "adam"  # type: ignore[valid-type]
+    learning_rate: float = Field(0.001, gt=0, le=10)
+    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(5, ge=1)
+    deterministic: bool = True
+
+    @field_validator("conv_filters")
+    @classmethod
+    def _positive_filters(cls, v: list[int]) -> list[int]:
+        if not v or any(f < 1 for f in v):
+            raise ValueError("needs one positive filter count per conv block, e.g. [32, 64]")
+        return v
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(256, ge=1)
+
+
+class MlflowParams(_Section):
+    """Tracking settings; they do not shape results, so no stage lists them as DVC params."""
+
+    experiment: str = Field("image-classification", min_length=1)
+
+
+class Params(_Section):
+    base: BaseParams = Field(default_factory=BaseParams)
+    data: DataParams = Field(default_factory=DataParams)
+    augment: AugmentParams = Field(default_factory=AugmentParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    mlflow: MlflowParams = Field(default_factory=MlflowParams)
+
+    @model_validator(mode="after")
+    def _image_fits_architecture(self) -> "Params":
+        size = feature_map_size(self.data.image_size, self.train.kernel_size, len(self.train.conv_filters))
+        if size < 1:
+            raise ValueError(
+                f"data.image_size {self.data.image_size} is too small for "
+                f"{len(self.train.conv_filters)} conv blocks with kernel_size {self.train.kernel_size}: "
+                "raise data.image_size or use fewer train.conv_filters"
+            )
+        return self
+
+    def section(self, name: str) -> dict[str, Any]:
+        """One section as a plain dict (what a stage logs as its params)."""
+        return getattr(self, name).model_dump()
+
+
+def feature_map_size(image_size: int, kernel_size: int, blocks: int) -> int:
+    """Side of the last feature map: each block is a 'same' conv, a 'valid' conv and a 2x2 pool."""
+    size = image_size
+    for _ in range(blocks):
+        size = (size - (kernel_size - 1)) // 2
+    return size
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        parent = first["loc"][:-1]
+        allowed = _allowed_keys(parent)
+        return f"{source}: unknown key '{key}'; allowed keys here: {', '.join(allowed)}"
+    msg = first["msg"]
+    if kind == "literal_error":
+        msg = msg.replace("Input should be", "must be one of")
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if kind == "value_error" and not first["loc"]:
+        return f"{source}: {msg}"
+    return f"{source}: '{key}' {msg[0].lower() + msg[1:]} (got {first.get('input')!r})"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            break
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def parse(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-loaded mapping; raise :class:`PipelineError` naming the bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{source}: expected a mapping of sections (base, data, augment, train, ...)")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise PipelineError(_format_error(err, source)) from None
+
+
+def load(path: str | Path) -> Params:
+    """Read and validate a params file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: params file not found; run from the project root") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise PipelineError(f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
+    return parse(raw, str(path.name))
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"epochs": 5}}`` -> ``{"train.epochs": 5}``, as DVC and MLflow name params."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,179 @@
+"""All MLflow plumbing: where the store is, how a stage's run opens and closes, how runs link up.
+
+Each stage opens one run named after the stage. The evaluate stage, last in the pipeline, also
+opens one *pipeline* run that carries every param that shaped the result plus its test metrics,
+and hangs the augment and train runs that produced its inputs under it (found by the MD5 of the
+arrays and of the model, which those runs carry as tags). A stage that DVC skipped as cached ran
+no code; its earlier run is then linked by a small child run that copies its params and metrics,
+so every pipeline run shows all three stages.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from imgclf import paths
+from imgclf.errors import PipelineError
+from imgclf.params import flatten
+
+log = logging.getLogger(__name__)
+
+TAG_STAGE = "imgclf.stage"
+TAG_DATA_MD5 = "imgclf.data_md5"
+TAG_MODEL_MD5 = "imgclf.model_md5"
+TAG_LINKED_FROM = "imgclf.linked_from_run"
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_PARENT = "mlflow.parentRunId"
+PIPELINE = "pipeline"
+
+# Fail fast on a dead tracking server instead of retrying for minutes (users may override).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+def default_store() -> Path:
+    return paths.store_root() / "mlflow.db"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else a SQLite file at the (main) project root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_store()}"
+
+
+def _is_default_store(uri: str) -> bool:
+    return uri == f"sqlite:///{default_store()}"
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise creating the local store and experiment: parallel workers race on the schema."""
+    if not _is_default_store(uri):
+        yield
+        return
+    lock = default_store().with_name(".mlflow.db.lock")
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def setup(experiment: str) -> str:
+    """Point MLflow at the store and the experiment (creating them if needed); return its id."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with _store_lock(uri):
+            client = mlflow.MlflowClient()
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                # Anchor artifacts beside the store, not in the cwd (a DVC temp copy).
+                location = (paths.store_root() / "mlartifacts").as_uri() if _is_default_store(uri) else None
+                exp_id = client.create_experiment(experiment, artifact_location=location)
+            else:
+                exp_id = exp.experiment_id
+    except MlflowException as err:
+        raise PipelineError(f"MLflow tracking store {uri} failed: {str(err).splitlines()[0]} "
+                            "(check MLFLOW_TRACKING_URI)") from None
+    except Exception as err:  # connection errors come in many types
+        raise PipelineError(f"cannot reach MLflow tracking store {uri}: {type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''} (check MLFLOW_TRACKING_URI "
+                            "or start the server)") from None
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True,
+                             text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def context_tags(stage: str) -> dict[str, str]:
+    """Tags every run gets: the stage, the git commit and DVC's experiment context."""
+    tags = {TAG_STAGE: stage}
+    commit = _git_commit()
+    if commit:
+        tags[TAG_GIT_COMMIT] = commit
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev"),
+                     ("DVC_STAGE", "dvc.stage")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+@contextlib.contextmanager
+def run(stage: str, experiment: str, params: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None, parent_run_id: str | None = None,
+        run_name: str | None = None) -> Iterator[Any]:
+    """Open ``stage``'s run, log ``params`` (flattened), close it FINISHED, FAILED or KILLED.
+
+    The run is named after the stage unless ``run_name`` says otherwise.
+    """
+    import mlflow
+
+    setup(experiment)
+    # A stray MLFLOW_RUN_ID would make start_run resume someone else's run.
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    all_tags = {**context_tags(stage), **(tags or {})}
+    active = mlflow.start_run(run_name=run_name or stage, tags=all_tags, parent_run_id=parent_run_id,
+                              nested=parent_run_id is not None)
+    try:
+        if params:
+            mlflow.log_params(flatten(params))
+        yield active
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def find_stage_run(experiment_id: str, stage: str, tag: str, value: str):
+    """The latest finished run of ``stage`` whose ``tag`` equals ``value``, or None."""
+    import mlflow
+
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_STAGE}` = '{stage}' and tags.`{tag}` = '{value}' "
+                      "and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def link_stage_run(pipeline_run_id: str, experiment: str, stage: str, source) -> str:
+    """Hang ``source`` (a finished stage run) under the pipeline run; return the run now shown there.
+
+    A run not yet under any pipeline is re-parented. One already under an earlier pipeline (DVC
+    skipped the stage as cached) gets a linking child run here with its params and final metrics.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if TAG_PARENT not in source.data.tags:
+        client.set_tag(source.info.run_id, TAG_PARENT, pipeline_run_id)
+        return source.info.run_id
+    tags = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
+    tags.update({TAG_LINKED_FROM: source.info.run_id,
+                 "mlflow.note.content": f"Stage cached by DVC: results of run {source.info.run_id}."})
+    with run(stage, experiment, tags=tags, parent_run_id=pipeline_run_id) as linked:
+        mlflow.log_params(source.data.params)
+        if source.data.metrics:
+            mlflow.log_metrics(source.data.metrics)
+    return linked.info.run_id

@@ -1,0 +1,19 @@
+"""Stage ``demo``: write the embedded demo images (scikit-learn's digits) to ``data/demo``."""
+from __future__ import annotations
+
+import logging
+
+from imgclf import paths
+from imgclf.cli import main
+from imgclf.demo import write_digits
+
+log = logging.getLogger("demo")
+
+
+def run() -> None:
+    counts = write_digits(paths.DEMO_DIR)
+    log.info("wrote %d demo images in %d classes to %s", sum(counts.values()), len(counts), paths.DEMO_DIR)
+
+
+if __name__ == "__main__":
+    main("demo", run)

@@ -1,0 +1,82 @@
+"""Stage ``evaluate``: score ``models/model.h5`` on the held-out test images and write reports.
+
+Also opens the pipeline-level MLflow run (every param that shaped the result, its test
+metrics) and hangs the augment, train and evaluate runs under it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from imgclf import dataset, paths, tracking
+from imgclf.cli import main
+from imgclf.errors import PipelineError
+from imgclf.evaluation import (confusion_rows_csv, per_class_metrics, plot_confusion, plot_history,
+                               read_history_csv, score)
+from imgclf.fileio import atomic_path, md5_file, md5_tree, write_json, write_text
+from imgclf.params import load
+
+log = logging.getLogger("evaluate")
+
+REPORT_FILES = (paths.METRICS, paths.PER_CLASS, paths.CONFUSION_CSV, paths.CONFUSION_PNG, paths.CURVES_PNG)
+
+
+def run() -> None:
+    p = load(paths.PARAMS)
+    data = dataset.load_prepared(paths.PREPARED_DIR)
+    if not paths.MODEL.is_file():
+        raise PipelineError(f"{paths.MODEL} is missing: run the train stage first (dvc repro)")
+    fingerprints = {tracking.TAG_DATA_MD5: md5_tree(paths.PREPARED_DIR),
+                    tracking.TAG_MODEL_MD5: md5_file(paths.MODEL)}
+    shaping = {name: p.section(name) for name in ("base", "data", "augment", "train")}
+    with tracking.run(tracking.PIPELINE, p.mlflow.experiment, params=shaping, tags=fingerprints,
+                      run_name=os.environ.get("DVC_EXP_NAME") or tracking.PIPELINE) as pipeline:
+        import mlflow
+
+        with tracking.run("evaluate", p.mlflow.experiment, params={"evaluate": p.section("evaluate")},
+                          tags=fingerprints, parent_run_id=pipeline.info.run_id) as active:
+            import keras
+
+            model = keras.models.load_model(paths.MODEL, compile=False, safe_mode=True)
+            probs = model.predict(data.x["test"], batch_size=p.evaluate.batch_size, verbose=0)
+            result = score(data.y["test"], probs, data.labels)
+            metrics = result["metrics"]
+            write_json(paths.METRICS, metrics)
+            write_json(paths.PER_CLASS, result["per_class"])
+            write_text(paths.CONFUSION_CSV, confusion_rows_csv(data.y["test"], result["y_pred"], data.labels))
+            with atomic_path(paths.CONFUSION_PNG) as tmp:
+                plot_confusion(result["confusion"], data.labels, tmp)
+            with atomic_path(paths.CURVES_PNG) as tmp:
+                plot_history(read_history_csv(paths.HISTORY), tmp)
+            all_metrics = {**metrics, **per_class_metrics(result["per_class"])}
+            mlflow.log_metrics(all_metrics)
+            for path in REPORT_FILES + (paths.HISTORY,):
+                mlflow.log_artifact(str(path), artifact_path="reports")
+        mlflow.log_metrics(all_metrics)
+        _link_inputs(pipeline.info.run_id, p.mlflow.experiment, fingerprints)
+        log.info("test accuracy %.4f, loss %.4f on %d images [pipeline run %s, evaluate run %s]",
+                 metrics["test_accuracy"], metrics["test_loss"], metrics["test_images"],
+                 pipeline.info.run_id, active.info.run_id)
+
+
+def _link_inputs(pipeline_run_id: str, experiment: str, fingerprints: dict[str, str]) -> None:
+    """Hang the augment and train runs that made this model under the pipeline run."""
+    import mlflow
+
+    exp_id = tracking.setup(experiment)
+    copied: dict[str, float] = {}
+    for stage, tag in (("augment", tracking.TAG_DATA_MD5), ("train", tracking.TAG_MODEL_MD5)):
+        source = tracking.find_stage_run(exp_id, stage, tag, fingerprints[tag])
+        if source is None:
+            log.warning("no finished MLflow %s run has %s=%s (made with another store?); "
+                        "the pipeline run will lack it", stage, tag, fingerprints[tag])
+            continue
+        shown = tracking.link_stage_run(pipeline_run_id, experiment, stage, source)
+        mlflow.set_tag(f"imgclf.{stage}_run_id", shown)
+        copied.update(source.data.metrics)
+    # The pipeline row also shows how training and the data went.
+    mlflow.log_metrics(copied)
+
+
+if __name__ == "__main__":
+    main("evaluate", run)
