@@ -14,6 +14,9 @@ from collections.abc import Callable
 
 from imgclf.errors import PipelineError
 
+# Before anything imports TensorFlow: keep its C++ start-up chatter out of the stage logs.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt(f"signal {signum}")

@@ -96,5 +96,7 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
 
     train_ds = make_dataset(x_train, y_train, p.batch_size, shuffle=True, seed=seed)
     val_ds = make_dataset(x_val, y_val, p.batch_size, shuffle=False, seed=seed) if len(x_val) else None
-    model.fit(train_ds, validation_data=val_ds, epochs=p.epochs, verbose=0, callbacks=[_Record()])
+    # The dataset shuffles itself (seeded); Keras' own shuffle does not apply to tf.data.
+    model.fit(train_ds, validation_data=val_ds, epochs=p.epochs, verbose=0, shuffle=False,
+              callbacks=[_Record()])
     return history

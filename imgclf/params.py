@@ -139,7 +139,8 @@ def _format_error(err: ValidationError, source: str) -> str:
     msg = first["msg"]
     if kind == "literal_error":
         msg = msg.replace("Input should be", "must be one of")
-    elif msg.startswith("Value error, "):
+    msg = msg.replace("Input should be", "must be")
+    if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if kind == "value_error" and not first["loc"]:
         return f"{source}: {msg}"

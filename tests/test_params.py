@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from imgclf import params
+from imgclf.errors import PipelineError
+
+from .conftest import ROOT
+
+
+def test_project_params_file_is_valid_and_matches_defaults():
+    loaded = params.load(ROOT / "params.yaml")
+    defaults = params.Params()
+    assert loaded.train.conv_filters == [32, 64]
+    assert loaded.train == defaults.train
+    assert loaded.data.source == "data/demo"
+
+
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        ({"train": {"epoch": 3}}, "unknown key 'train.epoch'"),
+        ({"trian": {}}, "unknown key 'trian'"),
+        ({"train": {"epochs": 0}}, "'train.epochs'"),
+        ({"train": {"epochs": "many"}}, "'train.epochs'"),
+        ({"data": {"test_size": 1.0}}, "'data.test_size'"),
+        ({"data": {"test_size": 0}}, "'data.test_size'"),
+        ({"train": {"optimizer": "adamax"}}, "'train.optimizer' must be one of 'adam', 'adamw', 'sgd' or 'rmsprop'"),
+        ({"data": {"on_bad_image": "ignore"}}, "'data.on_bad_image'"),
+        ({"data": {"labels": ["a", "a"]}}, "more than once"),
+        ({"augment": {"angles": []}}, "'augment.angles'"),
+        ({"data": {"image_size": 8}}, "data.image_size 8 is too small"),
+    ],
+)
+def test_bad_params_give_one_line_naming_the_key(raw, fragment):
+    with pytest.raises(PipelineError) as err:
+        params.parse(raw)
+    message = str(err.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_unknown_key_lists_allowed_keys():
+    with pytest.raises(PipelineError, match="allowed keys here: .*epochs"):
+        params.parse({"train": {"epoch": 3}})
+
+
+def test_image_size_check_follows_architecture():
+    # Two blocks with 3x3 kernels: 16 -> 7 -> 2, fine; one block lets 8 through.
+    assert params.feature_map_size(16, 3, 2) == 2
+    params.parse({"data": {"image_size": 8}, "train": {"conv_filters": [8]}})
+
+
+def test_load_reports_yaml_syntax_errors(tmp_path: Path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train:\n  epochs: [1\n", encoding="utf-8")
+    with pytest.raises(PipelineError, match="not valid YAML"):
+        params.load(bad)
+
+
+def test_load_missing_file(tmp_path: Path):
+    with pytest.raises(PipelineError, match="not found"):
+        params.load(tmp_path / "nope.yaml")
+
+
+def test_flatten_names_params_like_dvc():
+    p = params.parse(yaml.safe_load("train: {epochs: 2}"))
+    flat = params.flatten({"train": p.section("train")})
+    assert flat["train.epochs"] == 2
+    assert flat["train.conv_filters"] == [32, 64]
