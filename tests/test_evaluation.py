@@ -1,0 +1,55 @@
+"""Scores against hand-computed values; reports DVC and people can read."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgclf import evaluation
+
+
+def test_score_matches_hand_computation():
+    labels = ["a", "b"]
+    y = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])
+    r = evaluation.score(y, probs, labels)
+    assert r["metrics"]["test_accuracy"] == pytest.approx(0.75)
+    expected_loss = -np.mean(np.log([0.9, 0.4, 0.8, 0.7]))
+    assert r["metrics"]["test_loss"] == pytest.approx(expected_loss)
+    assert r["per_class"]["a"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
+    assert r["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert r["confusion"].tolist() == [[1, 1], [0, 2]]
+    flat = evaluation.per_class_metrics(r["per_class"])
+    assert flat["test_recall_a"] == pytest.approx(0.5) and "test_support_a" not in flat
+
+
+def test_class_never_predicted_scores_zero_not_nan():
+    r = evaluation.score(np.array([0, 1, 2]), np.eye(3)[[0, 1, 1]], ["x", "y", "z"])
+    assert r["per_class"]["z"]["precision"] == 0.0
+
+
+def test_confusion_csv_rows_per_image():
+    text = evaluation.confusion_rows_csv(np.array([0, 1]), np.array([1, 1]), ["猫", "dog"])
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows == [{"actual": "猫", "predicted": "dog"}, {"actual": "dog", "predicted": "dog"}]
+
+
+def test_metric_key_is_safe():
+    assert evaluation.metric_key("sea lions!") == "sea lions_"
+    assert evaluation.metric_key("猫") == "猫"
+
+
+def test_history_round_trip_and_plots(tmp_path: Path):
+    history = [{"epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.4},
+               {"epoch": 2, "loss": 0.5, "accuracy": 0.8, "val_loss": 0.7, "val_accuracy": 0.6}]
+    path = tmp_path / "h.csv"
+    path.write_text(evaluation.history_csv(history))
+    back = evaluation.read_history_csv(path)
+    assert back == history
+    evaluation.plot_history(back, tmp_path / "curves.png")
+    evaluation.plot_confusion(np.array([[3, 1], [0, 4]]), ["a", "b"], tmp_path / "cm.png")
+    for name in ("curves.png", "cm.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,75 @@
+"""The CNN: the seed's shapes, raw uint8 input, .h5 round trip and repeatable training."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgclf.params import TrainParams
+
+keras = pytest.importorskip("keras")
+
+from imgclf.model import build_model, fit, seed_everything  # noqa: E402
+
+
+def test_default_architecture_matches_the_seed():
+    model = build_model(100, 6, TrainParams())
+    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == [32, 32, 64, 64]
+    assert [c.padding for c in convs] == ["same", "valid", "same", "valid"]
+    assert model.get_layer("dense").units == 512
+    assert model.input_shape == (None, 100, 100, 3)
+    assert model.inputs[0].dtype == "uint8"
+    assert model.output_shape == (None, 6)
+    # 100 -> 98 -> 49 -> 47 -> 23: the seed's flatten size.
+    assert model.get_layer("flatten").output.shape[-1] == 23 * 23 * 64
+    # Weights and biases of the seed's layers at 100x100 RGB with 6 classes, counted by hand.
+    convs_weights = (27 * 32 + 32) + (9 * 32 * 32 + 32) + (9 * 32 * 64 + 64) + (9 * 64 * 64 + 64)
+    assert model.count_params() == convs_weights + (23 * 23 * 64 * 512 + 512) + (512 * 6 + 6)
+
+
+def test_params_shape_the_model():
+    p = TrainParams(conv_filters=[8, 16, 24], kernel_size=5, dense_units=20)
+    model = build_model(64, 4, p)
+    convs = [layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"]
+    assert [c.filters for c in convs] == [8, 8, 16, 16, 24, 24]
+    assert convs[0].kernel_size == (5, 5)
+    assert model.get_layer("dense").units == 20
+
+
+TINY = TrainParams(conv_filters=[4], dense_units=8, epochs=2, batch_size=8)
+
+
+def _data(n=48, size=12):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), n // 3).astype(np.uint8)
+    x = rng.integers(0, 60, (n, size, size, 3)).astype(np.uint8)
+    x[np.arange(n), :, :, y] += 180  # class = brightest channel
+    return x, y
+
+
+def _train(seed: int):
+    seed_everything(seed, deterministic=True)
+    x, y = _data()
+    model = build_model(12, 3, TINY)
+    history = fit(model, x, y, x[:6], y[:6], TINY, seed)
+    return model, history
+
+
+def test_training_is_repeatable_with_one_seed():
+    m1, h1 = _train(7)
+    m2, h2 = _train(7)
+    assert h1 == h2
+    assert all(np.array_equal(a, b) for a, b in zip(m1.get_weights(), m2.get_weights()))
+    assert [row["epoch"] for row in h1] == [1, 2]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(h1[0])
+
+
+def test_saved_h5_takes_raw_images_and_predicts_the_same(tmp_path: Path):
+    model, _ = _train(3)
+    path = tmp_path / "m.h5"
+    model.save(path)
+    loaded = keras.models.load_model(path, compile=False, safe_mode=True)
+    x, _ = _data()
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,207 @@
+"""End to end: the real ``dvc`` CLI on a temporary git copy of the project with tiny images.
+
+One copy serves the whole module (the first ``dvc repro`` is the expensive part); the tests run
+in file order and each checks one thing users rely on.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from imgclf import tracking
+from imgclf.fileio import md5_file
+
+from .conftest import ROOT, TINY_PARAMS, make_class_folders
+
+pytestmark = pytest.mark.slow
+
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", "stages", "imgclf")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+class Project:
+    def __init__(self, root: Path):
+        self.root = root
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+        self.env.update({"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                         "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+
+    def sh(self, *cmd: str, ok: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(cmd, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=600)
+        if ok and proc.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        return proc
+
+    def json(self, rel: str):
+        return json.loads((self.root / rel).read_text(encoding="utf-8"))
+
+    def runs(self, name: str | None = None):
+        mlflow.set_tracking_uri(f"sqlite:///{self.root / 'mlflow.db'}")
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name("image-classification")
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        return [r for r in runs if name is None or r.info.run_name == name]
+
+    def array_md5s(self) -> dict[str, str]:
+        return {p.name: md5_file(p) for p in sorted((self.root / "data/prepared").glob("*.npy"))}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    root = tmp_path_factory.mktemp("project")
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, root / name)
+    make_class_folders(root / "data" / "tiny", per_class=8)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = _merge(params, _merge(TINY_PARAMS, {"data": {"source": "data/tiny"}}))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    p = Project(root)
+    p.sh("git", "init", "-q")
+    p.sh("dvc", "init", "-q")
+    p.sh("dvc", "config", "core.analytics", "false")
+    p.sh("git", "add", "-A")
+    p.sh("git", "commit", "-qm", "tiny project")
+    p.first = p.sh("dvc", "repro")
+    return p
+
+
+def test_repro_writes_metrics_model_and_reports(project: Project):
+    metrics = project.json("reports/metrics.json")
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_loss"] >= 0
+    assert metrics["test_images"] == 6  # 25% of 8 images in each of 3 classes
+    per_class = project.json("reports/per_class.json")
+    assert set(per_class) == {"blue", "green", "red"}
+    report = project.json("reports/augment.json")
+    # 24 originals -> 6 test; of the 18 left, 20% for validation; the rest x 2 angles x 2 (flip).
+    assert report["test_images"] == 6 and report["images"] == 24
+    assert report["train_images"] == (24 - 6 - report["val_images"]) * 4
+    history = (project.root / "reports/train_history.csv").read_text().splitlines()
+    assert history[0].split(",")[:3] == ["epoch", "accuracy", "loss"] and len(history) == 3
+    confusion = (project.root / "reports/confusion.csv").read_text().splitlines()
+    assert confusion[0] == "actual,predicted" and len(confusion) == 7
+    for png in ("reports/confusion.png", "reports/training_curves.png"):
+        assert (project.root / png).read_bytes()[:4] == b"\x89PNG"
+
+    import keras
+
+    model = keras.models.load_model(project.root / "models/model.h5", compile=False, safe_mode=True)
+    x_test = np.load(project.root / "data/prepared/x_test.npy", allow_pickle=False)
+    assert x_test.dtype == np.uint8 and model.inputs[0].dtype == "uint8"
+    assert model.predict(x_test, verbose=0).shape == (6, 3)
+
+
+def test_every_stage_is_in_mlflow_under_one_pipeline_run(project: Project):
+    (pipeline,) = project.runs("pipeline")
+    stages = {name: project.runs(name) for name in ("augment", "train", "evaluate")}
+    assert all(len(runs) == 1 for runs in stages.values()), {k: len(v) for k, v in stages.items()}
+    for name, (run,) in stages.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags[tracking.TAG_PARENT] == pipeline.info.run_id, name
+        assert run.data.tags[tracking.TAG_STAGE] == name
+        assert len(run.data.tags[tracking.TAG_GIT_COMMIT]) == 40
+    augment, train, evaluate = (stages[n][0] for n in ("augment", "train", "evaluate"))
+    # Params: each stage its own sections; the pipeline run all that shaped the result.
+    assert augment.data.params["data.image_size"] == "16" and "train.epochs" not in augment.data.params
+    assert train.data.params["train.epochs"] == "2" and train.data.params["base.seed"] == "42"
+    assert {"data.source", "augment.flip", "train.epochs", "base.seed"} <= set(pipeline.data.params)
+    # Metrics: counts, per-epoch curves, test scores (the pipeline row has them too).
+    assert augment.data.metrics["images"] == 24
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(train.info.run_id, "val_loss")] == [1, 2]
+    metrics = project.json("reports/metrics.json")
+    assert evaluate.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert pipeline.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert "test_recall_red" in pipeline.data.metrics and "val_accuracy" in pipeline.data.metrics
+    # Fingerprints link the stages.
+    assert augment.data.tags[tracking.TAG_DATA_MD5] == train.data.tags[tracking.TAG_DATA_MD5]
+    assert train.data.tags[tracking.TAG_MODEL_MD5] == md5_file(project.root / "models/model.h5")
+    # The .h5 is an artifact of the train run, stored beside the project's store.
+    artifacts = [a.path for a in client.list_artifacts(train.info.run_id, "model")]
+    assert artifacts == ["model/model.h5"]
+    local = Path(mlflow.artifacts.download_artifacts(run_id=train.info.run_id, artifact_path="model/model.h5"))
+    assert md5_file(local) == md5_file(project.root / "models/model.h5")
+    assert (project.root / "mlartifacts").is_dir()
+    reports = {a.path for a in client.list_artifacts(evaluate.info.run_id, "reports")}
+    assert {"reports/metrics.json", "reports/confusion.png", "reports/confusion.csv"} <= reports
+
+
+def test_second_repro_does_nothing(project: Project):
+    before = len(project.runs())
+    out = project.sh("dvc", "repro").stdout
+    assert "Running stage" not in out
+    assert "up to date" in out
+    assert len(project.runs()) == before
+
+
+def test_forced_repro_is_byte_identical(project: Project):
+    arrays, metrics = project.array_md5s(), project.json("reports/metrics.json")
+    project.sh("dvc", "repro", "--force")
+    assert project.array_md5s() == arrays
+    assert project.json("reports/metrics.json") == metrics
+    # The forced run is a second pipeline result with its own three stage runs.
+    assert len(project.runs("pipeline")) == 2
+
+
+def test_changing_a_train_param_reruns_train_and_evaluate_only(project: Project):
+    project.sh("git", "add", "-A")
+    project.sh("git", "commit", "-qm", "first results")
+    params = yaml.safe_load((project.root / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    (project.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = project.sh("dvc", "repro").stdout
+    assert "Running stage 'augment'" not in out
+    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
+    diff = json.loads(project.sh("dvc", "params", "diff", "--json").stdout)
+    change = diff["params.yaml"]["train.epochs"]
+    assert (change["old"], change["new"]) == (2, 1)
+    metrics_diff = json.loads(project.sh("dvc", "metrics", "diff", "--json").stdout)
+    assert "reports/train.json" in metrics_diff
+    # The cached augment stage still shows under the new pipeline run, linked to its first run.
+    newest = max(project.runs("pipeline"), key=lambda r: r.info.start_time)
+    children = [r for r in project.runs() if r.data.tags.get(tracking.TAG_PARENT) == newest.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["augment", "evaluate", "train"]
+    (linked,) = [r for r in children if r.info.run_name == "augment"]
+    assert tracking.TAG_LINKED_FROM in linked.data.tags
+    assert newest.data.params["train.epochs"] == "1"
+
+
+def test_plots_render(project: Project):
+    project.sh("dvc", "plots", "show", "-o", "plots_out")
+    html = (project.root / "plots_out" / "index.html").read_text()
+    assert "Confusion matrix" in html and "Loss" in html and "confusion.png" in html
+
+
+def test_temp_experiment_logs_to_the_main_store(project: Project):
+    before = len(project.runs("train"))
+    out = project.sh("dvc", "exp", "run", "--temp", "-S", "train.epochs=3", "-n", "three-epochs")
+    assert "Running stage 'train'" in out.stdout
+    trains = project.runs("train")
+    assert len(trains) == before + 1
+    newest = max(trains, key=lambda r: r.info.start_time)
+    assert newest.data.tags["dvc.exp_name"] == "three-epochs"
+    assert newest.data.params["train.epochs"] == "3"
+    (pipeline,) = [r for r in project.runs("three-epochs")]
+    assert pipeline.data.tags[tracking.TAG_STAGE] == "pipeline"
+    # Its artifacts live beside the main store, not in DVC's deleted temp copy.
+    assert newest.info.artifact_uri.startswith((project.root / "mlartifacts").as_uri())
+    assert not (project.root / ".dvc" / "tmp" / "exps" / "mlflow.db").exists()

@@ -1,0 +1,89 @@
+"""MLflow plumbing on a real SQLite store: run status, params, tags, linking stage runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from imgclf import tracking
+from imgclf.errors import PipelineError
+
+EXP = "test-exp"
+
+
+def _runs(name: str | None = None):
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(EXP)
+    runs = client.search_runs([exp.experiment_id])
+    return [r for r in runs if name is None or r.info.run_name == name]
+
+
+def test_default_store_is_anchored_at_dvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.setup(EXP)
+    exp = mlflow.MlflowClient().get_experiment_by_name(EXP)
+    assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()
+    assert (tmp_path / "mlflow.db").is_file()
+
+
+def test_run_logs_params_tags_and_finishes(mlflow_store: str, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-abc")
+    monkeypatch.setenv("MLFLOW_RUN_ID", "not-a-run")  # must not be resumed
+    with tracking.run("train", EXP, params={"train": {"epochs": 2, "conv_filters": [4, 8]}},
+                      tags={tracking.TAG_DATA_MD5: "abc"}) as active:
+        mlflow.log_metric("loss", 0.5)
+    run = mlflow.get_run(active.info.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "train"
+    assert run.data.params == {"train.epochs": "2", "train.conv_filters": "[4, 8]"}
+    assert run.data.tags[tracking.TAG_STAGE] == "train"
+    assert run.data.tags["dvc.exp_name"] == "exp-abc"
+    assert run.data.tags[tracking.TAG_DATA_MD5] == "abc"
+    assert len(run.data.tags[tracking.TAG_GIT_COMMIT]) == 40
+
+
+@pytest.mark.parametrize("exc, status", [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
+def test_run_closes_failed_or_killed(mlflow_store: str, exc: BaseException, status: str):
+    with pytest.raises(type(exc)):
+        with tracking.run("train", EXP):
+            raise exc
+    (run,) = _runs("train")
+    assert run.info.status == status
+    assert mlflow.active_run() is None
+
+
+def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(PipelineError, match="127.0.0.1:9"):
+        tracking.setup(EXP)
+
+
+def test_linking_reparents_fresh_runs_and_copies_cached_ones(mlflow_store: str):
+    with tracking.run("augment", EXP, params={"data": {"image_size": 16}},
+                      tags={tracking.TAG_DATA_MD5: "d1"}):
+        mlflow.log_metric("images", 30)
+    exp_id = tracking.setup(EXP)
+    source = tracking.find_stage_run(exp_id, "augment", tracking.TAG_DATA_MD5, "d1")
+    assert source is not None
+    assert tracking.find_stage_run(exp_id, "augment", tracking.TAG_DATA_MD5, "other") is None
+
+    with tracking.run(tracking.PIPELINE, EXP) as first:
+        shown = tracking.link_stage_run(first.info.run_id, EXP, "augment", source)
+    assert shown == source.info.run_id
+    assert mlflow.get_run(shown).data.tags[tracking.TAG_PARENT] == first.info.run_id
+
+    # A second pipeline reusing the cached augment result gets its own linked child.
+    source = tracking.find_stage_run(exp_id, "augment", tracking.TAG_DATA_MD5, "d1")
+    with tracking.run(tracking.PIPELINE, EXP) as second:
+        linked = tracking.link_stage_run(second.info.run_id, EXP, "augment", source)
+    run = mlflow.get_run(linked)
+    assert linked != source.info.run_id
+    assert run.data.tags[tracking.TAG_PARENT] == second.info.run_id
+    assert run.data.tags[tracking.TAG_LINKED_FROM] == source.info.run_id
+    assert run.data.params == {"data.image_size": "16"}
+    assert run.data.metrics == {"images": 30.0}
+    # The original stays under the first pipeline.
+    assert mlflow.get_run(source.info.run_id).data.tags[tracking.TAG_PARENT] == first.info.run_id
