@@ -108,6 +108,8 @@ def plot_confusion(cm: np.ndarray, labels: list[str], out: Path) -> None:
 def plot_history(history: list[dict[str, float]], out: Path) -> None:
     """Loss and accuracy per epoch, training and validation, as a PNG."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     epochs = [row["epoch"] for row in history]
     for ax, metric in zip(axes, ("loss", "accuracy")):
@@ -115,6 +117,7 @@ def plot_history(history: list[dict[str, float]], out: Path) -> None:
             if history and key in history[0]:
                 ax.plot(epochs, [row[key] for row in history], style, label=key)
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     fig.savefig(out, dpi=100, format="png")
