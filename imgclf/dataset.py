@@ -208,24 +208,3 @@ def write_prepared(out_dir: Path, decoded: Decoded, splits: dict[str, np.ndarray
         (tmp / paths.LABELS_FILE).write_text(json.dumps(labels, ensure_ascii=False, indent=1) + "\n",
                                              encoding="utf-8")
     return sizes
-
-
-@dataclass
-class Prepared:
-    """Arrays of one prepared dataset, memory-mapped read-only."""
-
-    labels: list[str]
-    x: dict[str, np.ndarray]
-    y: dict[str, np.ndarray]
-
-
-def load_prepared(folder: Path, mmap: bool = True) -> Prepared:
-    """Read what :func:`write_prepared` wrote (never unpickling anything)."""
-    try:
-        labels = json.loads((folder / paths.LABELS_FILE).read_text(encoding="utf-8"))
-        mode = "r" if mmap else None
-        x = {s: np.load(folder / f"x_{s}.npy", mmap_mode=mode, allow_pickle=False) for s in paths.SPLITS}
-        y = {s: np.load(folder / f"y_{s}.npy", allow_pickle=False) for s in paths.SPLITS}
-    except FileNotFoundError as err:
-        raise PipelineError(f"{err.filename} is missing: run the augment stage first (dvc repro)") from None
-    return Prepared(labels=labels, x=x, y=y)

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from imgclf.tracking import metric_key
 
 # Keras clips probabilities the same way in its cross-entropy.
 _EPS = 1e-7
@@ -36,11 +37,6 @@ def score(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str,
             "confusion": confusion_matrix(y_true, y_pred, labels=list(k)), "y_pred": y_pred}
 
 
-def metric_key(text: str) -> str:
-    """A label made safe for an MLflow metric name (letters, digits and ``_-. /``)."""
-    return re.sub(r"[^\w\-. /]", "_", text) or "_"
-
-
 def per_class_metrics(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
     """``{"cats": {"recall": .9}}`` -> ``{"test_recall_cats": .9}`` for side-by-side comparison."""
     return {f"test_{m}_{metric_key(label)}": float(v)
@@ -54,22 +50,6 @@ def confusion_rows_csv(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]
     writer.writerow(["actual", "predicted"])
     writer.writerows((labels[int(a)], labels[int(p)]) for a, p in zip(y_true, y_pred))
     return buf.getvalue()
-
-
-def history_csv(history: list[dict[str, Any]]) -> str:
-    """Per-epoch training metrics as CSV (the DVC plots of the training curves)."""
-    buf = io.StringIO()
-    columns = list(history[0]) if history else ["epoch"]
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({c: (f"{row[c]:.6g}" if isinstance(row[c], float) else row[c]) for c in columns})
-    return buf.getvalue()
-
-
-def read_history_csv(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
 def _pyplot():

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,11 @@ PIPELINE = "pipeline"
 # Fail fast on a dead tracking server instead of retrying for minutes (users may override).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+def metric_key(text: str) -> str:
+    """A label made safe for an MLflow metric name (letters, digits and ``_-. /``)."""
+    return re.sub(r"[^\w\-. /]", "_", text) or "_"
 
 
 def default_store() -> Path:

@@ -13,7 +13,6 @@ import time
 
 from imgclf import dataset, paths, tracking
 from imgclf.cli import main
-from imgclf.evaluation import metric_key
 from imgclf.fileio import md5_tree, write_json, write_text
 from imgclf.params import load
 
@@ -56,7 +55,7 @@ def run() -> None:
 
         mlflow.set_tag(tracking.TAG_DATA_MD5, data_md5)
         metrics = {k: v for k, v in report.items() if not isinstance(v, dict)}
-        metrics.update({f"images_{metric_key(label)}": n for label, n in per_class.items()})
+        metrics.update({f"images_{tracking.metric_key(label)}": n for label, n in per_class.items()})
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(paths.AUGMENT_REPORT))
         mlflow.log_artifact(str(paths.SKIPPED_REPORT))

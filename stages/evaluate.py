@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 import os
 
-from imgclf import dataset, paths, tracking
+from imgclf import paths, tracking
+from imgclf.prepared import load_prepared
 from imgclf.cli import main
 from imgclf.errors import PipelineError
-from imgclf.evaluation import (confusion_rows_csv, per_class_metrics, plot_confusion, plot_history,
-                               read_history_csv, score)
+from imgclf.evaluation import confusion_rows_csv, per_class_metrics, plot_confusion, plot_history, score
+from imgclf.history import read_history_csv
 from imgclf.fileio import atomic_path, md5_file, md5_tree, write_json, write_text
 from imgclf.params import load
 
@@ -23,7 +24,7 @@ REPORT_FILES = (paths.METRICS, paths.PER_CLASS, paths.CONFUSION_CSV, paths.CONFU
 
 def run() -> None:
     p = load(paths.PARAMS)
-    data = dataset.load_prepared(paths.PREPARED_DIR)
+    data = load_prepared(paths.PREPARED_DIR)
     if not paths.MODEL.is_file():
         raise PipelineError(f"{paths.MODEL} is missing: run the train stage first (dvc repro)")
     fingerprints = {tracking.TAG_DATA_MD5: md5_tree(paths.PREPARED_DIR),

@@ -4,9 +4,10 @@ from __future__ import annotations
 import logging
 import time
 
-from imgclf import dataset, paths, tracking
+from imgclf import paths, tracking
+from imgclf.prepared import load_prepared
 from imgclf.cli import main
-from imgclf.evaluation import history_csv
+from imgclf.history import history_csv
 from imgclf.fileio import atomic_path, md5_file, md5_tree, write_json, write_text
 from imgclf.params import load
 
@@ -15,7 +16,7 @@ log = logging.getLogger("train")
 
 def run() -> None:
     p = load(paths.PARAMS)
-    data = dataset.load_prepared(paths.PREPARED_DIR)
+    data = load_prepared(paths.PREPARED_DIR)
     data_md5 = md5_tree(paths.PREPARED_DIR)
     with tracking.run("train", p.mlflow.experiment, params={"base": p.section("base"), "train": p.section("train")},
                       tags={tracking.TAG_DATA_MD5: data_md5}) as active:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from imgclf import dataset
+from imgclf.prepared import load_prepared
 from imgclf.errors import PipelineError
 from imgclf.fileio import md5_tree
 
@@ -122,7 +123,7 @@ def _prepare(src_dir: Path, out_dir: Path, seed: int = 0):
 
 def test_split_happens_before_augmentation(class_folders: Path, tmp_path: Path):
     decoded, splits, sizes = _prepare(class_folders, tmp_path / "prepared")
-    prepared = dataset.load_prepared(tmp_path / "prepared")
+    prepared = load_prepared(tmp_path / "prepared")
     assert sizes["train"] == len(splits["train"]) * 6
     x_train = prepared.x["train"]
     # Every training array is a copy of a training original; no test or val original is in there.
@@ -143,7 +144,7 @@ def test_outputs_are_uint8_unpicklable_and_byte_identical(class_folders: Path, t
         y = np.load(tmp_path / "a" / f"y_{split}.npy", allow_pickle=False)
         assert x.dtype == np.uint8 and x.shape[1:] == (16, 16, 3)
         assert y.dtype == np.uint8 and len(y) == len(x)
-    assert dataset.load_prepared(tmp_path / "a").labels == ["blue", "green", "red"]
+    assert load_prepared(tmp_path / "a").labels == ["blue", "green", "red"]
 
 
 def test_failed_write_leaves_previous_output_untouched(class_folders: Path, tmp_path: Path, monkeypatch):
@@ -163,7 +164,7 @@ def test_failed_write_leaves_previous_output_untouched(class_folders: Path, tmp_
 
 def test_load_prepared_missing(tmp_path: Path):
     with pytest.raises(PipelineError, match="run the augment stage"):
-        dataset.load_prepared(tmp_path)
+        load_prepared(tmp_path)
 
 
 def test_more_images_scale(tmp_path: Path):

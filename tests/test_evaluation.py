@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclf import evaluation
+from imgclf import evaluation, history, tracking
 
 
 def test_score_matches_hand_computation():
@@ -38,17 +38,17 @@ def test_confusion_csv_rows_per_image():
 
 
 def test_metric_key_is_safe():
-    assert evaluation.metric_key("sea lions!") == "sea lions_"
-    assert evaluation.metric_key("猫") == "猫"
+    assert tracking.metric_key("sea lions!") == "sea lions_"
+    assert tracking.metric_key("猫") == "猫"
 
 
 def test_history_round_trip_and_plots(tmp_path: Path):
-    history = [{"epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.4},
+    rows = [{"epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.4},
                {"epoch": 2, "loss": 0.5, "accuracy": 0.8, "val_loss": 0.7, "val_accuracy": 0.6}]
     path = tmp_path / "h.csv"
-    path.write_text(evaluation.history_csv(history))
-    back = evaluation.read_history_csv(path)
-    assert back == history
+    path.write_text(history.history_csv(rows))
+    back = history.read_history_csv(path)
+    assert back == rows
     evaluation.plot_history(back, tmp_path / "curves.png")
     evaluation.plot_confusion(np.array([[3, 1], [0, 4]]), ["a", "b"], tmp_path / "cm.png")
     for name in ("curves.png", "cm.png"):
