@@ -6,6 +6,7 @@ code 2; Ctrl-C or SIGTERM with 130; anything else with a one-line summary and ex
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -44,6 +45,11 @@ def run_stage(name: str, body: Callable[[], None]) -> int:
     except KeyboardInterrupt:
         print(f"error: {name}: interrupted; no output was written", file=sys.stderr)
         return 130
+    except OSError as err:
+        if debug:
+            raise
+        print(f"error: {name}: {describe_os_error(err)}", file=sys.stderr)
+        return 1
     except Exception as err:  # the last line must still say what happened
         if debug:
             raise
@@ -52,6 +58,22 @@ def run_stage(name: str, body: Callable[[], None]) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space, then rerun",
+    errno.EDQUOT: "the disk quota is exceeded: free some space, then rerun",
+    errno.EACCES: "permission denied: make the folder writable, then rerun",
+    errno.EPERM: "operation not permitted: check the folder's permissions",
+    errno.EROFS: "the file system is read-only: write the project somewhere writable",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line naming the file and what to do about an I/O failure."""
+    where = f"{err.filename}: " if err.filename else ""
+    hint = _OS_HINTS.get(err.errno or -1, err.strerror or str(err))
+    return f"cannot write {where}{hint}" if err.errno in _OS_HINTS else f"{where}{hint}"
 
 
 def main(name: str, body: Callable[[], None]) -> None:

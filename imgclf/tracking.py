@@ -89,14 +89,28 @@ def setup(experiment: str) -> str:
             else:
                 exp_id = exp.experiment_id
     except MlflowException as err:
-        raise PipelineError(f"MLflow tracking store {uri} failed: {str(err).splitlines()[0]} "
-                            "(check MLFLOW_TRACKING_URI)") from None
+        raise PipelineError(f"cannot use MLflow tracking store {uri}: {_reason(err)} (fix "
+                            "MLFLOW_TRACKING_URI or start the server)") from None
     except Exception as err:  # connection errors come in many types
-        raise PipelineError(f"cannot reach MLflow tracking store {uri}: {type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''} (check MLFLOW_TRACKING_URI "
-                            "or start the server)") from None
+        raise PipelineError(f"cannot use MLflow tracking store {uri}: {_reason(err)} (fix "
+                            "MLFLOW_TRACKING_URI or start the server)") from None
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def _reason(err: Exception) -> str:
+    """A short cause for a tracking failure, without the retry machinery's wall of text."""
+    text = str(err)
+    for needle, reason in (("Connection refused", "connection refused"),
+                           ("unsupported URI", "unsupported URI scheme"),
+                           ("Name or service not known", "unknown host"),
+                           ("Failed to resolve", "unknown host"),
+                           ("timed out", "timed out"), ("Read timed out", "timed out"),
+                           ("Max retries exceeded", "no answer")):
+        if needle in text:
+            return reason
+    first = text.splitlines()[0] if text else type(err).__name__
+    return first if len(first) <= 200 else first[:200] + "..."
 
 
 def _git_commit() -> str | None:
