@@ -25,7 +25,7 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
     for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

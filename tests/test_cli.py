@@ -34,3 +34,12 @@ def test_debug_shows_the_traceback(monkeypatch):
 
 def test_success_is_zero():
     assert run_stage("demo", lambda: None) == 0
+
+
+def test_full_disk_names_the_file_and_what_to_do(capsys):
+    import errno
+
+    err = OSError(errno.ENOSPC, "No space left on device", "models/model.h5")
+    assert run_stage("train", _raise(err)) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "error: train: cannot write models/model.h5: the disk is full: free some space, then rerun"

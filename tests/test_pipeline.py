@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -205,3 +207,70 @@ def test_temp_experiment_logs_to_the_main_store(project: Project):
     # Its artifacts live beside the main store, not in DVC's deleted temp copy.
     assert newest.info.artifact_uri.startswith((project.root / "mlartifacts").as_uri())
     assert not (project.root / ".dvc" / "tmp" / "exps" / "mlflow.db").exists()
+
+
+def test_bad_param_through_exp_run_is_one_line_and_non_zero(project: Project):
+    proc = project.sh("dvc", "exp", "run", "--temp", "-S", "train.epochs=0", ok=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("error: train:")]
+    assert "'train.epochs' must be greater than or equal to 1 (got 0)" in line
+    assert "Traceback" not in out
+
+
+def _set_epochs(project: Project, epochs: int) -> None:
+    params = yaml.safe_load((project.root / "params.yaml").read_text())
+    params["train"]["epochs"] = epochs
+    (project.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _start_and_wait_for_epoch(project: Project, cmd: list[str], log: Path) -> subprocess.Popen:
+    fh = open(log, "w")
+    proc = subprocess.Popen(cmd, cwd=project.root, env=project.env, stdout=fh, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 180
+    while "epoch 1/" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"training never started:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return proc
+
+
+def _newest(project: Project, name: str):
+    return max(project.runs(name), key=lambda r: r.info.start_time)
+
+
+def test_ctrl_c_during_dvc_repro_kills_the_run_and_leaves_no_model(project: Project, tmp_path: Path):
+    _set_epochs(project, 500)
+    pipelines = len(project.runs("pipeline"))
+    proc = _start_and_wait_for_epoch(project, ["dvc", "repro"], tmp_path / "repro.log")
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    assert proc.wait(timeout=120) != 0
+    log = (tmp_path / "repro.log").read_text()
+    assert "error: train: interrupted" in log
+    assert _newest(project, "train").info.status == "KILLED"
+    assert len(project.runs("pipeline")) == pipelines
+    models = project.root / "models"
+    assert not (models / "model.h5").exists()
+    assert [p.name for p in models.iterdir() if p.name != ".gitignore"] == []
+    # The next repro starts cleanly.
+    _set_epochs(project, 1)
+    project.sh("dvc", "repro")
+    assert (models / "model.h5").is_file()
+    assert _newest(project, "train").info.status == "FINISHED"
+
+
+def test_sigterm_during_training_keeps_the_previous_model(project: Project, tmp_path: Path):
+    model = project.root / "models" / "model.h5"
+    before = md5_file(model)
+    _set_epochs(project, 500)
+    proc = _start_and_wait_for_epoch(project, [sys.executable, "-m", "stages.train"], tmp_path / "train.log")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    last = (tmp_path / "train.log").read_text().strip().splitlines()[-1]
+    assert last.startswith("error: train: interrupted")
+    assert _newest(project, "train").info.status == "KILLED"
+    assert md5_file(model) == before
+    assert sorted(p.name for p in model.parent.iterdir()) == [".gitignore", "model.h5"]
+    _set_epochs(project, 1)

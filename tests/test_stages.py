@@ -1,0 +1,157 @@
+"""Stage entry points in-process, on a workspace in tmp_path: bad input and faults end cleanly."""
+from __future__ import annotations
+
+import csv
+import errno
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from imgclf import paths
+from imgclf.cli import run_stage
+from stages import augment, train
+
+from .conftest import TINY_PARAMS, make_class_folders
+
+OUTPUTS = ("PREPARED_DIR", "MODEL", "REPORTS", "AUGMENT_REPORT", "SKIPPED_REPORT", "HISTORY", "TRAIN_REPORT",
+           "METRICS", "PER_CLASS", "CONFUSION_CSV", "CONFUSION_PNG", "CURVES_PNG")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_store: str):
+    """Every path of the pipeline redirected into tmp_path, with tiny images and params."""
+    for name in OUTPUTS:
+        rel = getattr(paths, name).relative_to(paths.ROOT)
+        monkeypatch.setattr(paths, name, tmp_path / rel)
+    monkeypatch.setattr(paths, "PARAMS", tmp_path / "params.yaml")
+    images = make_class_folders(tmp_path / "images", per_class=6)
+    ws = type("Workspace", (), {})()
+    ws.root, ws.images = tmp_path, images
+
+    def write_params(**sections):
+        raw = {k: dict(v) for k, v in TINY_PARAMS.items()}
+        raw["data"]["source"] = str(images)
+        for section, values in sections.items():
+            raw.setdefault(section, {}).update(values)
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+
+    ws.write_params = write_params
+    write_params()
+    return ws
+
+
+def _runs(stage: str):
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("image-classification")
+    if exp is None:
+        return []
+    return [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == stage]
+
+
+def _last_line(capsys) -> str:
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_bad_files_are_skipped_reported_and_counted(workspace, capsys):
+    red = workspace.images / "red"
+    (red / "empty.jpg").write_bytes(b"")
+    (red / "notes.jpg").write_text("a text file renamed .jpg")
+    (red / "error.png").write_text("<!DOCTYPE html><html><body>403 Forbidden</body></html>")
+    (red / "drawing.png").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')  # unsupported format
+    good = (red / "00.png").read_bytes()
+    (red / "cut.png").write_bytes(good[: len(good) // 2])
+    assert run_stage("augment", augment.run) == 0
+    err = capsys.readouterr().err
+    with open(paths.SKIPPED_REPORT, newline="", encoding="utf-8") as fh:
+        skipped = {Path(row["file"]).name: row["reason"] for row in csv.DictReader(fh)}
+    assert set(skipped) == {"empty.jpg", "notes.jpg", "error.png", "drawing.png", "cut.png"}
+    assert "truncated" in skipped["cut.png"] and "not an image" in skipped["notes.jpg"]
+    for name in skipped:
+        assert sum(1 for line in err.splitlines() if "skipping" in line and name in line) == 1
+    (run,) = _runs("augment")
+    assert run.data.metrics["skipped_files"] == 5 and run.data.metrics["images"] == 18
+    assert np.load(paths.PREPARED_DIR / "y_test.npy", allow_pickle=False).dtype == np.uint8
+
+
+def test_fail_policy_stops_at_the_bad_file_and_writes_nothing(workspace, capsys):
+    workspace.write_params(data={"on_bad_image": "fail"})
+    (workspace.images / "green" / "broken.webp").write_bytes(b"RIFF0000WEBPjunk")
+    assert run_stage("augment", augment.run) == 2
+    line = _last_line(capsys)
+    assert "broken.webp" in line and "on_bad_image" in line
+    assert not paths.PREPARED_DIR.exists()
+    assert [r.info.status for r in _runs("augment")] == ["FAILED"]
+
+
+@pytest.mark.parametrize("params, fragment", [
+    ({"train": {"epochs": 0}}, "'train.epochs'"),
+    ({"data": {"test_size": 1.5}}, "'data.test_size'"),
+    ({"train": {"optimizer": "adagrad"}}, "'train.optimizer' must be one of"),
+    ({"train": {"epoch": 3}}, "unknown key 'train.epoch'"),
+    ({"data": {"image_size": 8}}, "too small"),
+])
+def test_bad_params_stop_before_any_work(workspace, capsys, params, fragment):
+    workspace.write_params(**params)
+    assert run_stage("augment", augment.run) == 2
+    assert fragment in _last_line(capsys)
+    assert not paths.PREPARED_DIR.exists()
+    assert _runs("augment") == []
+
+
+@pytest.mark.parametrize("setup, fragment", [
+    ("missing", "is not a folder"),
+    ("empty", "no class folders"),
+    ("empty_class", "have no usable image"),
+    ("tiny_class", "too few images"),
+    ("unknown_label", "no such folder"),
+    ("unlisted_folder", "does not list"),
+])
+def test_folder_problems_say_what_to_do(workspace, capsys, setup, fragment):
+    images = workspace.images
+    if setup == "missing":
+        workspace.write_params(data={"source": str(workspace.root / "nowhere")})
+    elif setup == "empty":
+        (workspace.root / "empty").mkdir()
+        workspace.write_params(data={"source": str(workspace.root / "empty")})
+    elif setup == "empty_class":
+        (images / "purple").mkdir()
+        (images / "purple" / ".DS_Store").write_bytes(b"\0")
+    elif setup == "tiny_class":
+        (images / "purple").mkdir()
+        (images / "red" / "00.png").rename(images / "purple" / "00.png")
+    elif setup == "unknown_label":
+        workspace.write_params(data={"labels": ["red", "green", "blue", "cyan"]})
+    elif setup == "unlisted_folder":
+        workspace.write_params(data={"labels": ["red", "green"]})
+    assert run_stage("augment", augment.run) == 2
+    line = _last_line(capsys)
+    assert line.startswith("error: augment: ") and fragment in line
+    assert not paths.PREPARED_DIR.exists()
+
+
+def test_full_disk_leaves_no_partial_output(workspace, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(paths.PREPARED_DIR / "x_train.npy"))
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", full)
+    assert run_stage("augment", augment.run) == 1
+    line = _last_line(capsys)
+    assert "x_train.npy" in line and "disk is full" in line
+    assert not paths.PREPARED_DIR.exists()
+    assert not any(p.name.startswith(".prepared") for p in paths.PREPARED_DIR.parent.iterdir())
+    assert [r.info.status for r in _runs("augment")] == ["FAILED"]
+
+
+def test_unreachable_tracking_server_fails_before_training(workspace, capsys, monkeypatch):
+    assert run_stage("augment", augment.run) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    assert run_stage("train", train.run) == 2
+    line = _last_line(capsys)
+    assert "http://127.0.0.1:9" in line and "connection refused" in line
+    assert not paths.MODEL.exists()
