@@ -6,9 +6,12 @@ of one photo never sit on both sides of it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import multiprocessing
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,12 +40,22 @@ class Source:
 
 @dataclass
 class Decoded:
-    """Decoded originals (N, S, S, 3) plus what had to be skipped."""
+    """Decoded originals, in a memory-mapped scratch file, plus what had to be skipped.
+
+    ``x`` has a row per scanned file; ``rows`` lists the rows that hold a usable image, and
+    ``y``/``files`` follow ``rows``. Position ``i`` (as in :func:`split_indices`) is
+    ``x[rows[i]]``.
+    """
 
     x: np.ndarray
+    rows: np.ndarray
     y: np.ndarray
     files: list[Path]
     skipped: list[tuple[Path, str]]
+    path: Path
+
+    def originals(self, positions: np.ndarray) -> np.ndarray:
+        return self.x[self.rows[positions]]
 
 
 def _walk_images(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -105,31 +118,76 @@ def scan(source: Path, labels: list[str] | None = None) -> Source:
     return Source(root=source, labels=list(labels), files=files, y=y, ignored=ignored)
 
 
-def decode(src: Source, image_size: int, on_bad_image: str = "skip", progress: bool = False) -> Decoded:
-    """Decode every file of ``src``; skip (with one warning each) or fail on unusable files."""
+CHUNK = 32  # images per task handed to a worker process
+
+
+def default_workers() -> int:
+    """Cores this process may use (respects CPU affinity, e.g. in containers)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def _mapper(workers: int, tasks: int) -> Iterator[Callable]:
+    """An order-preserving ``map``: a process pool when it pays off, else the builtin."""
+    workers = min(workers, tasks)
+    if workers <= 1:
+        yield map
+        return
+    # spawn, not fork: the parent may hold MLflow's threads and DB connections.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield pool.imap
+
+
+def _decode_chunk(task: tuple[str, int, list[Path], int]) -> list[str | None]:
+    """Worker: decode files into rows ``start...`` of the scratch array; one error text per file."""
+    scratch, start, files, size = task
+    x = np.load(scratch, mmap_mode="r+")
+    errors: list[str | None] = []
+    for offset, path in enumerate(files):
+        try:
+            x[start + offset] = np.asarray(load_image(path, size), dtype=np.uint8)
+            errors.append(None)
+        except BadImage as err:
+            errors.append(str(err))
+    x.flush()
+    return errors
+
+
+def decode(src: Source, image_size: int, scratch_dir: Path, on_bad_image: str = "skip",
+           workers: int = 1, progress: bool = False) -> Decoded:
+    """Decode every file of ``src`` into a scratch file in ``scratch_dir``, ``workers`` at a time.
+
+    Unusable files are skipped with one warning each, or stop everything under
+    ``on_bad_image='fail'`` (the first in file order). The result does not depend on ``workers``.
+    """
     from tqdm import tqdm
 
-    x = np.empty((len(src.files), image_size, image_size, 3), dtype=np.uint8)
-    keep: list[int] = []
+    n = len(src.files)
+    path = Path(scratch_dir) / "originals.npy"
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, image_size, image_size, 3)).flush()
+    tasks = [(str(path), start, src.files[start:start + CHUNK], image_size) for start in range(0, n, CHUNK)]
+    rows: list[int] = []
     skipped: list[tuple[Path, str]] = []
-    for i, path in enumerate(tqdm(src.files, desc="decode", unit="img", disable=not progress)):
-        try:
-            x[len(keep)] = np.asarray(load_image(path, image_size), dtype=np.uint8)
-        except BadImage as err:
-            if on_bad_image == "fail":
-                raise PipelineError(f"{path}: {err} (data.on_bad_image is 'fail'; remove the file "
-                                    "or set it to 'skip')") from None
-            log.warning("skipping %s: %s", path, err)
-            skipped.append((path, str(err)))
-            continue
-        keep.append(i)
-    y = np.asarray([src.y[i] for i in keep], dtype=label_dtype(len(src.labels)))
+    with _mapper(workers, len(tasks)) as run, tqdm(total=n, desc="decode", unit="img", disable=not progress) as bar:
+        for (_, start, files, _), errors in zip(tasks, run(_decode_chunk, tasks)):
+            for offset, (file, error) in enumerate(zip(files, errors)):
+                if error is None:
+                    rows.append(start + offset)
+                elif on_bad_image == "fail":
+                    raise PipelineError(f"{file}: {error} (data.on_bad_image is 'fail'; remove the file "
+                                        "or set it to 'skip')")
+                else:
+                    log.warning("skipping %s: %s", file, error)
+                    skipped.append((file, error))
+            bar.update(len(files))
+    y = np.asarray([src.y[i] for i in rows], dtype=label_dtype(len(src.labels)))
     counts = np.bincount(y, minlength=len(src.labels))
     empty = [src.labels[k] for k in np.flatnonzero(counts == 0)]
     if empty:
         raise PipelineError(f"class folder(s) {empty} under {src.root} have no usable image: add "
                             "images or remove the folder (or its entry in data.labels)")
-    return Decoded(x=x[: len(keep)], y=y, files=[src.files[i] for i in keep], skipped=skipped)
+    return Decoded(x=np.load(path, mmap_mode="r"), rows=np.asarray(rows, dtype=np.int64), y=y,
+                   files=[src.files[i] for i in rows], skipped=skipped, path=path)
 
 
 def label_dtype(n_classes: int) -> np.dtype:
@@ -179,30 +237,55 @@ def copies_per_image(angles: list[float], flip: bool) -> int:
     return len(angles) * (2 if flip else 1)
 
 
+def _augment_chunk(task: tuple[str, str, list[tuple[int, int]], list[float], bool]) -> int:
+    """Worker: write the augmented copies of some originals into their slots of x_train."""
+    originals_path, train_path, items, angles, flip = task
+    originals = np.load(originals_path, mmap_mode="r")
+    x_train = np.load(train_path, mmap_mode="r+")
+    copies = copies_per_image(angles, flip)
+    for n, row in items:
+        x_train[n * copies:(n + 1) * copies] = np.stack(augment_one(originals[row], angles, flip))
+    x_train.flush()
+    return len(items)
+
+
+def _copy_rows(target: Path, source: np.ndarray, rows: np.ndarray, chunk: int = 1024) -> None:
+    """Copy ``source[rows]`` into a new .npy file without holding it all in memory."""
+    out = np.lib.format.open_memmap(target, mode="w+", dtype=source.dtype, shape=(len(rows),) + source.shape[1:])
+    for start in range(0, len(rows), chunk):
+        out[start:start + chunk] = source[rows[start:start + chunk]]
+    out.flush()
+
+
 def write_prepared(out_dir: Path, decoded: Decoded, splits: dict[str, np.ndarray], labels: list[str],
-                   angles: list[float], flip: bool, progress: bool = False) -> dict[str, int]:
+                   angles: list[float], flip: bool, workers: int = 1, progress: bool = False) -> dict[str, int]:
     """Write x/y arrays per split (train augmented, val/test as decoded) and the label list.
 
-    Everything lands in a temporary folder that replaces ``out_dir`` only when complete. The
-    augmented training array is filled in place through a memory map, so it never needs to fit
-    in RAM. Returns the number of images per split.
+    Everything lands in a temporary folder that replaces ``out_dir`` only when complete. Arrays
+    are filled in place through memory maps, so none needs to fit in RAM; ``workers`` processes
+    augment in parallel, each writing its own slots, so the bytes do not depend on their number.
+    Returns the number of images per split.
     """
     from tqdm import tqdm
 
     sizes: dict[str, int] = {}
     copies = copies_per_image(angles, flip)
     with atomic_dir(out_dir) as tmp:
-        train = splits["train"]
-        shape = (len(train) * copies,) + decoded.x.shape[1:]
-        x_train = np.lib.format.open_memmap(tmp / "x_train.npy", mode="w+", dtype=np.uint8, shape=shape)
-        for n, i in enumerate(tqdm(train, desc="augment", unit="img", disable=not progress)):
-            x_train[n * copies:(n + 1) * copies] = np.stack(augment_one(decoded.x[i], angles, flip))
-        x_train.flush()
-        del x_train
-        np.save(tmp / "y_train.npy", np.repeat(decoded.y[train], copies))
+        train_rows = decoded.rows[splits["train"]]
+        shape = (len(train_rows) * copies,) + decoded.x.shape[1:]
+        train_path = tmp / "x_train.npy"
+        np.lib.format.open_memmap(train_path, mode="w+", dtype=np.uint8, shape=shape).flush()
+        items = list(enumerate(train_rows.tolist()))
+        tasks = [(str(decoded.path), str(train_path), items[i:i + CHUNK], list(angles), flip)
+                 for i in range(0, len(items), CHUNK)]
+        with _mapper(workers, len(tasks)) as run, \
+                tqdm(total=len(items), desc="augment", unit="img", disable=not progress) as bar:
+            for done in run(_augment_chunk, tasks):
+                bar.update(done)
+        np.save(tmp / "y_train.npy", np.repeat(decoded.y[splits["train"]], copies))
         sizes["train"] = shape[0]
         for name in ("val", "test"):
-            np.save(tmp / f"x_{name}.npy", decoded.x[splits[name]])
+            _copy_rows(tmp / f"x_{name}.npy", decoded.x, decoded.rows[splits[name]])
             np.save(tmp / f"y_{name}.npy", decoded.y[splits[name]])
             sizes[name] = len(splits[name])
         (tmp / paths.LABELS_FILE).write_text(json.dumps(labels, ensure_ascii=False, indent=1) + "\n",

@@ -53,6 +53,7 @@ class AugmentParams(_Section):
 
     angles: list[float] = Field(default_factory=lambda: [-20, -15, -10, -5, 0, 5, 10, 15])
     flip: bool = False
+    workers: int = Field(0, ge=0, le=256, description="processes; 0 = one per core; output is the same")
 
     @field_validator("angles")
     @classmethod

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,52 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 def metric_key(text: str) -> str:
     """A label made safe for an MLflow metric name (letters, digits and ``_-. /``)."""
     return re.sub(r"[^\w\-. /]", "_", text) or "_"
+
+
+_spent = [0.0]
+
+
+@contextlib.contextmanager
+def _timed() -> Iterator[None]:
+    """Add the block's wall time to the tracking overhead this process reports."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        _spent[0] += time.perf_counter() - start
+
+
+def seconds_spent() -> float:
+    """Wall time this process has spent in MLflow (imports, store, logging) so far."""
+    return _spent[0]
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    with _timed():
+        mlflow.log_metrics(metrics, step=step)
+
+
+def log_param(key: str, value: Any) -> None:
+    import mlflow
+
+    with _timed():
+        mlflow.log_param(key, value)
+
+
+def set_tag(key: str, value: str) -> None:
+    import mlflow
+
+    with _timed():
+        mlflow.set_tag(key, value)
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    with _timed():
+        mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
 def default_store() -> Path:
@@ -73,6 +120,11 @@ def _store_lock(uri: str) -> Iterator[None]:
 
 def setup(experiment: str) -> str:
     """Point MLflow at the store and the experiment (creating them if needed); return its id."""
+    with _timed():
+        return _setup(experiment)
+
+
+def _setup(experiment: str) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -143,26 +195,29 @@ def run(stage: str, experiment: str, params: dict[str, Any] | None = None,
 
     The run is named after the stage unless ``run_name`` says otherwise.
     """
-    import mlflow
+    with _timed():
+        import mlflow
 
-    setup(experiment)
-    # A stray MLFLOW_RUN_ID would make start_run resume someone else's run.
-    os.environ.pop("MLFLOW_RUN_ID", None)
-    all_tags = {**context_tags(stage), **(tags or {})}
-    active = mlflow.start_run(run_name=run_name or stage, tags=all_tags, parent_run_id=parent_run_id,
-                              nested=parent_run_id is not None)
-    try:
+        setup(experiment)
+        # A stray MLFLOW_RUN_ID would make start_run resume someone else's run.
+        os.environ.pop("MLFLOW_RUN_ID", None)
+        all_tags = {**context_tags(stage), **(tags or {})}
+        active = mlflow.start_run(run_name=run_name or stage, tags=all_tags, parent_run_id=parent_run_id,
+                                  nested=parent_run_id is not None)
         if params:
             mlflow.log_params(flatten(params))
+    status = "FINISHED"
+    try:
         yield active
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        status = "KILLED"
         raise
     except BaseException:
-        mlflow.end_run("FAILED")
+        status = "FAILED"
         raise
-    else:
-        mlflow.end_run("FINISHED")
+    finally:
+        with _timed():
+            mlflow.end_run(status)
 
 
 def find_stage_run(experiment_id: str, stage: str, tag: str, value: str):
@@ -197,3 +252,25 @@ def link_stage_run(pipeline_run_id: str, experiment: str, stage: str, source) ->
         if source.data.metrics:
             mlflow.log_metrics(source.data.metrics)
     return linked.info.run_id
+
+
+def link_inputs(pipeline_run_id: str, experiment: str, fingerprints: dict[str, str]) -> None:
+    """Hang the augment and train runs that made this model under the (active) pipeline run.
+
+    Their metrics are copied onto the pipeline run too, so its row shows how the data and the
+    training went.
+    """
+    exp_id = setup(experiment)
+    copied: dict[str, float] = {}
+    for stage, tag in (("augment", TAG_DATA_MD5), ("train", TAG_MODEL_MD5)):
+        with _timed():
+            source = find_stage_run(exp_id, stage, tag, fingerprints[tag])
+        if source is None:
+            log.warning("no finished MLflow %s run has %s=%s (made with another store?); "
+                        "the pipeline run will lack it", stage, tag, fingerprints[tag])
+            continue
+        with _timed():
+            shown = link_stage_run(pipeline_run_id, experiment, stage, source)
+        set_tag(f"imgclf.{stage}_run_id", shown)
+        copied.update(source.data.metrics)
+    log_metrics(copied)

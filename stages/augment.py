@@ -9,7 +9,9 @@ import csv
 import io
 import logging
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from imgclf import dataset, paths, tracking
 from imgclf.cli import main
@@ -26,20 +28,25 @@ def run() -> None:
     with tracking.run("augment", p.mlflow.experiment,
                       params={"base": p.section("base"), "data": p.section("data"),
                               "augment": p.section("augment")}) as active:
-        import mlflow
-
         progress = sys.stderr.isatty()
-        decoded = dataset.decode(src, p.data.image_size, p.data.on_bad_image, progress=progress)
-        splits = dataset.split_indices(decoded.y, p.data.test_size, p.data.val_size, p.base.seed, src.labels)
-        sizes = dataset.write_prepared(paths.PREPARED_DIR, decoded, splits, src.labels,
-                                       p.augment.angles, p.augment.flip, progress=progress)
+        workers = p.augment.workers or dataset.default_workers()
+        paths.PREPARED_DIR.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".augment-scratch-", dir=paths.PREPARED_DIR.parent) as scratch:
+            decoded = dataset.decode(src, p.data.image_size, Path(scratch), p.data.on_bad_image,
+                                     workers=workers, progress=progress)
+            splits = dataset.split_indices(decoded.y, p.data.test_size, p.data.val_size, p.base.seed,
+                                           src.labels)
+            sizes = dataset.write_prepared(paths.PREPARED_DIR, decoded, splits, src.labels, p.augment.angles,
+                                           p.augment.flip, workers=workers, progress=progress)
+            y, skipped = decoded.y, decoded.skipped
+            del decoded  # unmap the scratch file before its folder goes
         data_md5 = md5_tree(paths.PREPARED_DIR)
-        per_class = {label: int((decoded.y == k).sum()) for k, label in enumerate(src.labels)}
+        per_class = {label: int((y == k).sum()) for k, label in enumerate(src.labels)}
         report = {
             "classes": len(src.labels),
-            "images": int(len(decoded.y)),
+            "images": int(len(y)),
             "images_per_class": per_class,
-            "skipped_files": len(decoded.skipped),
+            "skipped_files": len(skipped),
             "ignored_files": len(src.ignored),
             "train_images": sizes["train"],
             "val_images": sizes["val"],
@@ -49,20 +56,20 @@ def run() -> None:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["file", "reason"])
-        writer.writerows((str(path), reason) for path, reason in decoded.skipped)
+        writer.writerows((str(path), reason) for path, reason in skipped)
         write_text(paths.SKIPPED_REPORT, buf.getvalue())
+        tracking.set_tag(tracking.TAG_DATA_MD5, data_md5)
+        tracking.log_artifact(paths.SKIPPED_REPORT)
+        tracking.log_artifact(paths.PREPARED_DIR / paths.LABELS_FILE)
+        report["mlflow_seconds"] = round(tracking.seconds_spent(), 3)
         write_json(paths.AUGMENT_REPORT, report)
-
-        mlflow.set_tag(tracking.TAG_DATA_MD5, data_md5)
+        tracking.log_artifact(paths.AUGMENT_REPORT)
         metrics = {k: v for k, v in report.items() if not isinstance(v, dict)}
         metrics.update({f"images_{tracking.metric_key(label)}": n for label, n in per_class.items()})
-        mlflow.log_metrics(metrics)
-        mlflow.log_artifact(str(paths.AUGMENT_REPORT))
-        mlflow.log_artifact(str(paths.SKIPPED_REPORT))
-        mlflow.log_artifact(str(paths.PREPARED_DIR / paths.LABELS_FILE))
+        tracking.log_metrics(metrics)
         log.info("%d images in %d classes -> train %d (augmented), val %d, test %d; %d skipped [run %s]",
                  report["images"], report["classes"], sizes["train"], sizes["val"], sizes["test"],
-                 len(decoded.skipped), active.info.run_id)
+                 len(skipped), active.info.run_id)
 
 
 if __name__ == "__main__":

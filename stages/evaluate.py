@@ -32,8 +32,6 @@ def run() -> None:
     shaping = {name: p.section(name) for name in ("base", "data", "augment", "train")}
     with tracking.run(tracking.PIPELINE, p.mlflow.experiment, params=shaping, tags=fingerprints,
                       run_name=os.environ.get("DVC_EXP_NAME") or tracking.PIPELINE) as pipeline:
-        import mlflow
-
         with tracking.run("evaluate", p.mlflow.experiment, params={"evaluate": p.section("evaluate")},
                           tags=fingerprints, parent_run_id=pipeline.info.run_id) as active:
             import keras
@@ -50,33 +48,14 @@ def run() -> None:
             with atomic_path(paths.CURVES_PNG) as tmp:
                 plot_history(read_history_csv(paths.HISTORY), tmp)
             all_metrics = {**metrics, **per_class_metrics(result["per_class"])}
-            mlflow.log_metrics(all_metrics)
+            tracking.log_metrics(all_metrics)
             for path in REPORT_FILES + (paths.HISTORY,):
-                mlflow.log_artifact(str(path), artifact_path="reports")
-        mlflow.log_metrics(all_metrics)
-        _link_inputs(pipeline.info.run_id, p.mlflow.experiment, fingerprints)
+                tracking.log_artifact(path, artifact_path="reports")
+        tracking.log_metrics(all_metrics)
+        tracking.link_inputs(pipeline.info.run_id, p.mlflow.experiment, fingerprints)
         log.info("test accuracy %.4f, loss %.4f on %d images [pipeline run %s, evaluate run %s]",
                  metrics["test_accuracy"], metrics["test_loss"], metrics["test_images"],
                  pipeline.info.run_id, active.info.run_id)
-
-
-def _link_inputs(pipeline_run_id: str, experiment: str, fingerprints: dict[str, str]) -> None:
-    """Hang the augment and train runs that made this model under the pipeline run."""
-    import mlflow
-
-    exp_id = tracking.setup(experiment)
-    copied: dict[str, float] = {}
-    for stage, tag in (("augment", tracking.TAG_DATA_MD5), ("train", tracking.TAG_MODEL_MD5)):
-        source = tracking.find_stage_run(exp_id, stage, tag, fingerprints[tag])
-        if source is None:
-            log.warning("no finished MLflow %s run has %s=%s (made with another store?); "
-                        "the pipeline run will lack it", stage, tag, fingerprints[tag])
-            continue
-        shown = tracking.link_stage_run(pipeline_run_id, experiment, stage, source)
-        mlflow.set_tag(f"imgclf.{stage}_run_id", shown)
-        copied.update(source.data.metrics)
-    # The pipeline row also shows how training and the data went.
-    mlflow.log_metrics(copied)
 
 
 if __name__ == "__main__":

@@ -20,17 +20,15 @@ def run() -> None:
     data_md5 = md5_tree(paths.PREPARED_DIR)
     with tracking.run("train", p.mlflow.experiment, params={"base": p.section("base"), "train": p.section("train")},
                       tags={tracking.TAG_DATA_MD5: data_md5}) as active:
-        import mlflow
-
         from imgclf.model import build_model, fit, seed_everything
 
         seed_everything(p.base.seed, p.train.deterministic)
         x_train, image_size = data.x["train"], data.x["train"].shape[1]
         model = build_model(image_size, len(data.labels), p.train)
-        mlflow.log_param("model.parameters", model.count_params())
+        tracking.log_param("model.parameters", model.count_params())
 
         def on_epoch(epoch: int, row: dict) -> None:
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
 
         started = time.perf_counter()
         history = fit(model, x_train, data.y["train"], data.x["val"], data.y["val"], p.train,
@@ -40,15 +38,16 @@ def run() -> None:
         with atomic_path(paths.MODEL) as tmp:
             model.save(tmp)
         model_md5 = md5_file(paths.MODEL)
-        mlflow.set_tag(tracking.TAG_MODEL_MD5, model_md5)
+        tracking.set_tag(tracking.TAG_MODEL_MD5, model_md5)
         write_text(paths.HISTORY, history_csv(history))
         summary = {k: v for k, v in history[-1].items() if k != "epoch"}
         summary.update({"train_seconds": round(seconds, 3),
                         "train_images_per_second": round(len(x_train) * p.train.epochs / seconds, 1)})
+        tracking.log_artifact(paths.MODEL, artifact_path="model")
+        tracking.log_artifact(paths.HISTORY)
+        summary["mlflow_seconds"] = round(tracking.seconds_spent(), 3)
         write_json(paths.TRAIN_REPORT, summary)
-        mlflow.log_metrics({k: summary[k] for k in ("train_seconds", "train_images_per_second")})
-        mlflow.log_artifact(str(paths.MODEL), artifact_path="model")
-        mlflow.log_artifact(str(paths.HISTORY))
+        tracking.log_metrics({k: summary[k] for k in ("train_seconds", "train_images_per_second", "mlflow_seconds")})
         log.info("trained %d epochs in %.1f s (%s) [run %s]", p.train.epochs, seconds,
                  ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if "accuracy" in k), active.info.run_id)
 

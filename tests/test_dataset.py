@@ -66,21 +66,21 @@ def test_missing_or_empty_source(tmp_path: Path):
         dataset.scan(tmp_path / "empty")
 
 
-def test_bad_images_are_skipped_or_fail(class_folders: Path):
+def test_bad_images_are_skipped_or_fail(class_folders: Path, tmp_path: Path):
     (class_folders / "red" / "broken.jpg").write_text("<html>not found</html>")
     src = dataset.scan(class_folders)
-    decoded = dataset.decode(src, 16, "skip")
+    decoded = dataset.decode(src, 16, tmp_path, "skip")
     assert len(decoded.y) == 24
     assert [p.name for p, _ in decoded.skipped] == ["broken.jpg"]
     with pytest.raises(PipelineError, match="broken.jpg"):
-        dataset.decode(src, 16, "fail")
+        dataset.decode(src, 16, tmp_path, "fail")
 
 
-def test_class_without_usable_image_is_an_error(class_folders: Path):
+def test_class_without_usable_image_is_an_error(class_folders: Path, tmp_path: Path):
     (class_folders / "purple").mkdir()
     (class_folders / "purple" / "x.png").write_bytes(b"")
     with pytest.raises(PipelineError, match="purple"):
-        dataset.decode(dataset.scan(class_folders), 16, "skip")
+        dataset.decode(dataset.scan(class_folders), 16, tmp_path, "skip")
 
 
 def test_split_is_stratified_disjoint_and_seeded():
@@ -113,11 +113,13 @@ def test_augment_one_rotates_and_flips():
     assert not np.array_equal(out[2], arr)
 
 
-def _prepare(src_dir: Path, out_dir: Path, seed: int = 0):
+def _prepare(src_dir: Path, out_dir: Path, seed: int = 0, workers: int = 1):
     src = dataset.scan(src_dir)
-    decoded = dataset.decode(src, 16)
+    scratch = out_dir.parent / f"scratch-{out_dir.name}-{seed}"
+    scratch.mkdir(exist_ok=True)
+    decoded = dataset.decode(src, 16, scratch, workers=workers)
     splits = dataset.split_indices(decoded.y, 0.25, 0.2, seed, src.labels)
-    sizes = dataset.write_prepared(out_dir, decoded, splits, src.labels, [-10, 0, 10], True)
+    sizes = dataset.write_prepared(out_dir, decoded, splits, src.labels, [-10, 0, 10], True, workers=workers)
     return decoded, splits, sizes
 
 
@@ -130,8 +132,9 @@ def test_split_happens_before_augmentation(class_folders: Path, tmp_path: Path):
     train_hashes = {hashlib.md5(a.tobytes()).hexdigest() for a in x_train}
     for name in ("test", "val"):
         for i in splits[name]:
-            assert hashlib.md5(decoded.x[i].tobytes()).hexdigest() not in train_hashes
-            assert not any(np.array_equal(decoded.x[i][:, ::-1], a) for a in x_train)
+            original = decoded.x[decoded.rows[i]]
+            assert hashlib.md5(original.tobytes()).hexdigest() not in train_hashes
+            assert not any(np.array_equal(original[:, ::-1], a) for a in x_train)
     assert np.array_equal(prepared.y["train"], np.repeat(decoded.y[splits["train"]], 6))
 
 
@@ -145,6 +148,15 @@ def test_outputs_are_uint8_unpicklable_and_byte_identical(class_folders: Path, t
         assert x.dtype == np.uint8 and x.shape[1:] == (16, 16, 3)
         assert y.dtype == np.uint8 and len(y) == len(x)
     assert load_prepared(tmp_path / "a").labels == ["blue", "green", "red"]
+
+
+def test_worker_processes_give_the_same_bytes(tmp_path: Path):
+    root = make_class_folders(tmp_path / "many", per_class=30)  # several chunks per worker
+    (root / "red" / "bad.png").write_text("not a png")
+    _prepare(root, tmp_path / "one", workers=1)
+    decoded, _, _ = _prepare(root, tmp_path / "two", workers=2)
+    assert [p.name for p, _ in decoded.skipped] == ["bad.png"]
+    assert md5_tree(tmp_path / "one") == md5_tree(tmp_path / "two")
 
 
 def test_failed_write_leaves_previous_output_untouched(class_folders: Path, tmp_path: Path, monkeypatch):
@@ -169,5 +181,5 @@ def test_load_prepared_missing(tmp_path: Path):
 
 def test_more_images_scale(tmp_path: Path):
     root = make_class_folders(tmp_path / "jpgs", per_class=5, size=40, fmt="jpg")
-    decoded = dataset.decode(dataset.scan(root), 16)
-    assert decoded.x.shape == (15, 16, 16, 3)
+    decoded = dataset.decode(dataset.scan(root), 16, tmp_path)
+    assert decoded.originals(np.arange(15)).shape == (15, 16, 16, 3)
