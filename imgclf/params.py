@@ -77,6 +77,7 @@ class TrainParams(_Section):
     learning_rate: float = Field(0.001, gt=0, le=10)
     batch_size: int = Field(32, ge=1)
     epochs: int = Field(5, ge=1)
+    mixed_precision: Literal["auto", "off", "bfloat16", "float16"] = "auto"
     deterministic: bool = True
 
     @field_validator("conv_filters")

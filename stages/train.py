@@ -20,9 +20,11 @@ def run() -> None:
     data_md5 = md5_tree(paths.PREPARED_DIR)
     with tracking.run("train", p.mlflow.experiment, params={"base": p.section("base"), "train": p.section("train")},
                       tags={tracking.TAG_DATA_MD5: data_md5}) as active:
-        from imgclf.model import build_model, fit, seed_everything
+        from imgclf.model import build_model, fit, seed_everything, set_precision
 
         seed_everything(p.base.seed, p.train.deterministic)
+        policy = set_precision(p.train.mixed_precision)
+        tracking.log_param("model.dtype_policy", policy)
         x_train, image_size = data.x["train"], data.x["train"].shape[1]
         model = build_model(image_size, len(data.labels), p.train)
         tracking.log_param("model.parameters", model.count_params())

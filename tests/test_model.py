@@ -73,3 +73,35 @@ def test_saved_h5_takes_raw_images_and_predicts_the_same(tmp_path: Path):
     loaded = keras.models.load_model(path, compile=False, safe_mode=True)
     x, _ = _data()
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_streamed_memmap_gives_the_same_batches_as_memory(tmp_path: Path):
+    from imgclf.model import NpyRows, make_dataset
+
+    x, y = _data(n=42)
+    np.save(tmp_path / "x.npy", x)
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    rows = NpyRows(mm)
+    assert np.array_equal(rows.read(np.array([5, 0, 41])), x[[5, 0, 41]])
+    rows.close()
+    streamed = list(make_dataset(mm, y, 16, shuffle=False, seed=0).as_numpy_iterator())
+    memory = list(make_dataset(x, y, 16, shuffle=False, seed=0).as_numpy_iterator())
+    assert [len(b[0]) for b in streamed] == [16, 16, 10]
+    for (xs, ys), (xm, ym) in zip(streamed, memory):
+        assert np.array_equal(xs, xm) and np.array_equal(ys, ym)
+    # Shuffled: every image exactly once per epoch, labels still matching, same order per seed.
+    a = list(make_dataset(mm, y, 16, shuffle=True, seed=3).as_numpy_iterator())
+    b = list(make_dataset(mm, y, 16, shuffle=True, seed=3).as_numpy_iterator())
+    assert all(np.array_equal(p[0], q[0]) for p, q in zip(a, b))
+    seen = np.concatenate([batch[0] for batch in a])
+    assert sorted(map(bytes, seen)) == sorted(map(bytes, x))
+    for images, labels in a:
+        assert np.array_equal(images[:, 0, 0].argmax(axis=1), labels)
+
+
+def test_precision_setting():
+    from imgclf.model import resolve_precision
+
+    assert resolve_precision("off") == "float32"
+    assert resolve_precision("bfloat16") == "mixed_bfloat16"
+    assert resolve_precision("auto") in ("float32", "mixed_bfloat16", "mixed_float16")
