@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sklearn.model_selection import train_test_split
 
 from imgclf import paths
 from imgclf.errors import PipelineError
@@ -127,9 +126,11 @@ def default_workers() -> int:
 
 
 @contextlib.contextmanager
-def _mapper(workers: int, tasks: int) -> Iterator[Callable]:
-    """An order-preserving ``map``: a process pool when it pays off, else the builtin."""
-    workers = min(workers, tasks)
+def worker_pool(workers: int) -> Iterator[Callable]:
+    """An order-preserving ``map`` over ``workers`` processes (the builtin ``map`` for 1).
+
+    One pool serves both decoding and augmenting, so its start-up is paid once.
+    """
     if workers <= 1:
         yield map
         return
@@ -154,11 +155,12 @@ def _decode_chunk(task: tuple[str, int, list[Path], int]) -> list[str | None]:
 
 
 def decode(src: Source, image_size: int, scratch_dir: Path, on_bad_image: str = "skip",
-           workers: int = 1, progress: bool = False) -> Decoded:
-    """Decode every file of ``src`` into a scratch file in ``scratch_dir``, ``workers`` at a time.
+           imap: Callable = map, progress: bool = False) -> Decoded:
+    """Decode every file of ``src`` into a scratch file in ``scratch_dir``.
 
-    Unusable files are skipped with one warning each, or stop everything under
-    ``on_bad_image='fail'`` (the first in file order). The result does not depend on ``workers``.
+    ``imap`` (see :func:`worker_pool`) spreads the work over processes. Unusable files are
+    skipped with one warning each, or stop everything under ``on_bad_image='fail'`` (the first
+    in file order). The result does not depend on the number of processes.
     """
     from tqdm import tqdm
 
@@ -168,8 +170,8 @@ def decode(src: Source, image_size: int, scratch_dir: Path, on_bad_image: str = 
     tasks = [(str(path), start, src.files[start:start + CHUNK], image_size) for start in range(0, n, CHUNK)]
     rows: list[int] = []
     skipped: list[tuple[Path, str]] = []
-    with _mapper(workers, len(tasks)) as run, tqdm(total=n, desc="decode", unit="img", disable=not progress) as bar:
-        for (_, start, files, _), errors in zip(tasks, run(_decode_chunk, tasks)):
+    with tqdm(total=n, desc="decode", unit="img", disable=not progress) as bar:
+        for (_, start, files, _), errors in zip(tasks, imap(_decode_chunk, tasks)):
             for offset, (file, error) in enumerate(zip(files, errors)):
                 if error is None:
                     rows.append(start + offset)
@@ -201,6 +203,8 @@ def split_indices(y: np.ndarray, test_size: float, val_size: float, seed: int,
 
     ``val_size`` is a fraction of what is left after the test split.
     """
+    from sklearn.model_selection import train_test_split  # not at import: worker processes skip it
+
     counts = np.bincount(y, minlength=len(labels))
     need = 2 if val_size == 0 else 3
     small = {labels[k]: int(c) for k, c in enumerate(counts) if c < need}
@@ -258,12 +262,13 @@ def _copy_rows(target: Path, source: np.ndarray, rows: np.ndarray, chunk: int = 
 
 
 def write_prepared(out_dir: Path, decoded: Decoded, splits: dict[str, np.ndarray], labels: list[str],
-                   angles: list[float], flip: bool, workers: int = 1, progress: bool = False) -> dict[str, int]:
+                   angles: list[float], flip: bool, imap: Callable = map, progress: bool = False) -> dict[str, int]:
     """Write x/y arrays per split (train augmented, val/test as decoded) and the label list.
 
     Everything lands in a temporary folder that replaces ``out_dir`` only when complete. Arrays
-    are filled in place through memory maps, so none needs to fit in RAM; ``workers`` processes
-    augment in parallel, each writing its own slots, so the bytes do not depend on their number.
+    are filled in place through memory maps, so none needs to fit in RAM; with ``imap`` from
+    :func:`worker_pool`, processes augment in parallel, each writing its own slots, so the bytes
+    do not depend on their number.
     Returns the number of images per split.
     """
     from tqdm import tqdm
@@ -278,9 +283,8 @@ def write_prepared(out_dir: Path, decoded: Decoded, splits: dict[str, np.ndarray
         items = list(enumerate(train_rows.tolist()))
         tasks = [(str(decoded.path), str(train_path), items[i:i + CHUNK], list(angles), flip)
                  for i in range(0, len(items), CHUNK)]
-        with _mapper(workers, len(tasks)) as run, \
-                tqdm(total=len(items), desc="augment", unit="img", disable=not progress) as bar:
-            for done in run(_augment_chunk, tasks):
+        with tqdm(total=len(items), desc="augment", unit="img", disable=not progress) as bar:
+            for done in imap(_augment_chunk, tasks):
                 bar.update(done)
         np.save(tmp / "y_train.npy", np.repeat(decoded.y[splits["train"]], copies))
         sizes["train"] = shape[0]

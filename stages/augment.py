@@ -31,13 +31,14 @@ def run() -> None:
         progress = sys.stderr.isatty()
         workers = p.augment.workers or dataset.default_workers()
         paths.PREPARED_DIR.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".augment-scratch-", dir=paths.PREPARED_DIR.parent) as scratch:
+        with tempfile.TemporaryDirectory(prefix=".augment-scratch-", dir=paths.PREPARED_DIR.parent) as scratch, \
+                dataset.worker_pool(workers) as imap:
             decoded = dataset.decode(src, p.data.image_size, Path(scratch), p.data.on_bad_image,
-                                     workers=workers, progress=progress)
+                                     imap=imap, progress=progress)
             splits = dataset.split_indices(decoded.y, p.data.test_size, p.data.val_size, p.base.seed,
                                            src.labels)
             sizes = dataset.write_prepared(paths.PREPARED_DIR, decoded, splits, src.labels, p.augment.angles,
-                                           p.augment.flip, workers=workers, progress=progress)
+                                           p.augment.flip, imap=imap, progress=progress)
             y, skipped = decoded.y, decoded.skipped
             del decoded  # unmap the scratch file before its folder goes
         data_md5 = md5_tree(paths.PREPARED_DIR)

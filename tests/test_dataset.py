@@ -117,9 +117,10 @@ def _prepare(src_dir: Path, out_dir: Path, seed: int = 0, workers: int = 1):
     src = dataset.scan(src_dir)
     scratch = out_dir.parent / f"scratch-{out_dir.name}-{seed}"
     scratch.mkdir(exist_ok=True)
-    decoded = dataset.decode(src, 16, scratch, workers=workers)
-    splits = dataset.split_indices(decoded.y, 0.25, 0.2, seed, src.labels)
-    sizes = dataset.write_prepared(out_dir, decoded, splits, src.labels, [-10, 0, 10], True, workers=workers)
+    with dataset.worker_pool(workers) as imap:
+        decoded = dataset.decode(src, 16, scratch, imap=imap)
+        splits = dataset.split_indices(decoded.y, 0.25, 0.2, seed, src.labels)
+        sizes = dataset.write_prepared(out_dir, decoded, splits, src.labels, [-10, 0, 10], True, imap=imap)
     return decoded, splits, sizes
 
 
