@@ -21,7 +21,7 @@ from PIL import Image
 from imgclf import paths
 from imgclf.errors import PipelineError
 from imgclf.fileio import atomic_dir
-from imgclf.images import RESAMPLE, BadImage, is_image_name, load_image
+from imgclf.images import BadImage, is_image_name, load_image
 
 log = logging.getLogger(__name__)
 
@@ -225,12 +225,19 @@ def split_indices(y: np.ndarray, test_size: float, val_size: float, seed: int,
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def augment_one(image: np.ndarray, angles: list[float], flip: bool) -> list[np.ndarray]:
-    """The seed's augmentation: each angle's rotation, and its mirror image when ``flip``."""
+ROTATE_RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR}
+
+
+def augment_one(image: np.ndarray, angles: list[float], flip: bool, resample: str = "nearest") -> list[np.ndarray]:
+    """The seed's augmentation: each angle's rotation, and its mirror image when ``flip``.
+
+    Corners that rotate in are black. ``nearest`` (the seed's choice) is about 5x faster than
+    ``bilinear``, which gives smoother edges.
+    """
     img = Image.fromarray(image)
     out = []
     for angle in angles:
-        rotated = img if angle == 0 else img.rotate(angle, resample=RESAMPLE, fillcolor=(0, 0, 0))
+        rotated = img if angle == 0 else img.rotate(angle, resample=ROTATE_RESAMPLE[resample], fillcolor=(0, 0, 0))
         out.append(np.asarray(rotated, dtype=np.uint8))
         if flip:
             out.append(np.asarray(rotated.transpose(Image.Transpose.FLIP_LEFT_RIGHT), dtype=np.uint8))
@@ -241,14 +248,14 @@ def copies_per_image(angles: list[float], flip: bool) -> int:
     return len(angles) * (2 if flip else 1)
 
 
-def _augment_chunk(task: tuple[str, str, list[tuple[int, int]], list[float], bool]) -> int:
+def _augment_chunk(task: tuple[str, str, list[tuple[int, int]], list[float], bool, str]) -> int:
     """Worker: write the augmented copies of some originals into their slots of x_train."""
-    originals_path, train_path, items, angles, flip = task
+    originals_path, train_path, items, angles, flip, resample = task
     originals = np.load(originals_path, mmap_mode="r")
     x_train = np.load(train_path, mmap_mode="r+")
     copies = copies_per_image(angles, flip)
     for n, row in items:
-        x_train[n * copies:(n + 1) * copies] = np.stack(augment_one(originals[row], angles, flip))
+        x_train[n * copies:(n + 1) * copies] = np.stack(augment_one(originals[row], angles, flip, resample))
     x_train.flush()
     return len(items)
 
@@ -262,15 +269,19 @@ def _copy_rows(target: Path, source: np.ndarray, rows: np.ndarray, chunk: int = 
 
 
 def write_prepared(out_dir: Path, decoded: Decoded, splits: dict[str, np.ndarray], labels: list[str],
-                   angles: list[float], flip: bool, imap: Callable = map, progress: bool = False) -> dict[str, int]:
+                   angles: list[float], flip: bool, imap: Callable = map, progress: bool = False,
+                   resample: str = "nearest", digests: dict[str, str] | None = None) -> dict[str, int]:
     """Write x/y arrays per split (train augmented, val/test as decoded) and the label list.
 
     Everything lands in a temporary folder that replaces ``out_dir`` only when complete. Arrays
     are filled in place through memory maps, so none needs to fit in RAM; with ``imap`` from
     :func:`worker_pool`, processes augment in parallel, each writing its own slots, so the bytes
     do not depend on their number.
-    Returns the number of images per split.
+    Returns the number of images per split; fills ``digests`` with the MD5 of ``x_train.npy``,
+    hashed chunk by chunk as the workers finish them (cheaper than reading it again).
     """
+    import hashlib
+
     from tqdm import tqdm
 
     sizes: dict[str, int] = {}
@@ -279,13 +290,28 @@ def write_prepared(out_dir: Path, decoded: Decoded, splits: dict[str, np.ndarray
         train_rows = decoded.rows[splits["train"]]
         shape = (len(train_rows) * copies,) + decoded.x.shape[1:]
         train_path = tmp / "x_train.npy"
-        np.lib.format.open_memmap(train_path, mode="w+", dtype=np.uint8, shape=shape).flush()
+        header = np.lib.format.open_memmap(train_path, mode="w+", dtype=np.uint8, shape=shape)
+        offset, row_bytes = header.offset, int(np.prod(shape[1:])) * copies
+        header.flush()
+        del header
         items = list(enumerate(train_rows.tolist()))
-        tasks = [(str(decoded.path), str(train_path), items[i:i + CHUNK], list(angles), flip)
+        tasks = [(str(decoded.path), str(train_path), items[i:i + CHUNK], list(angles), flip, resample)
                  for i in range(0, len(items), CHUNK)]
-        with tqdm(total=len(items), desc="augment", unit="img", disable=not progress) as bar:
-            for done in imap(_augment_chunk, tasks):
-                bar.update(done)
+        digest = hashlib.md5()
+        fd = os.open(train_path, os.O_RDONLY)
+        try:
+            digest.update(os.pread(fd, offset, 0))
+            hashed = 0
+            with tqdm(total=len(items), desc="augment", unit="img", disable=not progress) as bar:
+                for done in imap(_augment_chunk, tasks):
+                    # pread, not the memory map: hashing must not make the file resident here.
+                    digest.update(os.pread(fd, done * row_bytes, offset + hashed * row_bytes))
+                    hashed += done
+                    bar.update(done)
+        finally:
+            os.close(fd)
+        if digests is not None:
+            digests["x_train.npy"] = digest.hexdigest()
         np.save(tmp / "y_train.npy", np.repeat(decoded.y[splits["train"]], copies))
         sizes["train"] = shape[0]
         for name in ("val", "test"):

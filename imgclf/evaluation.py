@@ -102,3 +102,65 @@ def plot_history(history: list[dict[str, float]], out: Path) -> None:
         ax.legend()
     fig.savefig(out, dpi=100, format="png")
     plt.close(fig)
+
+
+def plot_misclassified(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray,
+                       labels: list[str], out: Path, limit: int = 36) -> int:
+    """A grid of (up to ``limit``) misclassified test images titled true -> predicted (p).
+
+    The least confident mistakes are not the interesting ones: the grid shows the most
+    confident first. Returns how many test images were misclassified.
+    """
+    plt = _pyplot()
+    wrong = np.flatnonzero(y_true != y_pred)
+    order = wrong[np.argsort(-probs[wrong, y_pred[wrong]], kind="stable")][:limit]
+    cols = max(1, min(6, len(order)))
+    rows = max(1, -(-len(order) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, order):
+        ax.imshow(images[i], interpolation="nearest")
+        ax.set_title(f"{labels[y_true[i]]} → {labels[y_pred[i]]}\n(p={probs[i, y_pred[i]]:.2f})", fontsize=8)
+    title = (f"Misclassified test images: {len(wrong)} of {len(y_true)}"
+             + (f" (the {len(order)} most confident shown)" if len(wrong) > len(order) else ""))
+    if not len(wrong):
+        axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=14)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100, format="png")
+    plt.close(fig)
+    return int(len(wrong))
+
+
+def html_report(metrics: dict[str, Any], per_class: dict[str, dict[str, float]], params: dict[str, Any],
+                images: dict[str, Path]) -> str:
+    """One self-contained HTML page: metrics, per-class table, the plots (embedded) and params."""
+    import base64
+    import html
+
+    def table(header: list[str], rows: list[list[Any]]) -> str:
+        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Evaluation report</title><style>",
+             "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}",
+             "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}th{background:#f3f3f3}",
+             "td:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}</style></head><body>",
+             "<h1>Evaluation report</h1><h2>Test metrics</h2>",
+             table(["metric", "value"], [[k, v] for k, v in metrics.items()]),
+             "<h2>Per class</h2>",
+             table(["class", "precision", "recall", "F1", "support"],
+                   [[c, r["precision"], r["recall"], r["f1"], r["support"]] for c, r in per_class.items()])]
+    for title, path in images.items():
+        data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
+    parts += ["<h2>Params</h2>", table(["param", "value"], [[k, v] for k, v in params.items()]), "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

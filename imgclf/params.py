@@ -53,6 +53,7 @@ class AugmentParams(_Section):
 
     angles: list[float] = Field(default_factory=lambda: [-20, -15, -10, -5, 0, 5, 10, 15])
     flip: bool = False
+    resample: Literal["nearest", "bilinear"] = "nearest"
     workers: int = Field(0, ge=0, le=256, description="processes; 0 = one per core; output is the same")
 
     @field_validator("angles")
@@ -95,7 +96,12 @@ class EvaluateParams(_Section):
 class MlflowParams(_Section):
     """Tracking settings; they do not shape results, so no stage lists them as DVC params."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     experiment: str = Field("image-classification", min_length=1)
+    # "register" would shadow pydantic's own attribute; params.yaml spells it "register".
+    register_model: bool = Field(False, alias="register")
+    model_name: str = Field("image-classifier", min_length=1)
 
 
 class Params(_Section):
@@ -119,7 +125,7 @@ class Params(_Section):
 
     def section(self, name: str) -> dict[str, Any]:
         """One section as a plain dict (what a stage logs as its params)."""
-        return getattr(self, name).model_dump()
+        return getattr(self, name).model_dump(by_alias=True)
 
 
 def feature_map_size(image_size: int, kernel_size: int, blocks: int) -> int:

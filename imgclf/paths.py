@@ -26,6 +26,8 @@ PER_CLASS = REPORTS / "per_class.json"
 CONFUSION_CSV = REPORTS / "confusion.csv"
 CONFUSION_PNG = REPORTS / "confusion.png"
 CURVES_PNG = REPORTS / "training_curves.png"
+MISCLASSIFIED_PNG = REPORTS / "misclassified.png"
+REPORT_HTML = REPORTS / "report.html"
 
 # File names inside PREPARED_DIR.
 LABELS_FILE = "labels.json"

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,9 +63,16 @@ def seconds_spent() -> float:
     return _spent[0]
 
 
+def _ensure_open() -> None:
+    """Open the current deferred run (if any) before something is logged to it."""
+    if _deferred:
+        _deferred[-1].ready()
+
+
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
+    _ensure_open()
     with _timed():
         mlflow.log_metrics(metrics, step=step)
 
@@ -72,6 +80,7 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 def log_param(key: str, value: Any) -> None:
     import mlflow
 
+    _ensure_open()
     with _timed():
         mlflow.log_param(key, value)
 
@@ -79,6 +88,7 @@ def log_param(key: str, value: Any) -> None:
 def set_tag(key: str, value: str) -> None:
     import mlflow
 
+    _ensure_open()
     with _timed():
         mlflow.set_tag(key, value)
 
@@ -86,6 +96,7 @@ def set_tag(key: str, value: str) -> None:
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     import mlflow
 
+    _ensure_open()
     with _timed():
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
@@ -187,14 +198,72 @@ def context_tags(stage: str) -> dict[str, str]:
     return tags
 
 
+_deferred: list["DeferredRun"] = []
+
+
+class DeferredRun:
+    """A stage's run whose store is opened in a background thread while the stage works.
+
+    Importing MLflow and opening the store take a second or more; the stage's own work (worker
+    processes decoding images, TensorFlow importing) hides it. The run is created on
+    :meth:`ready` (or the first thing logged) with the stage's true start time.
+    """
+
+    def __init__(self, stage: str, experiment: str, params: dict[str, Any] | None,
+                 tags: dict[str, str] | None, run_name: str | None):
+        self.stage, self.experiment, self.params = stage, experiment, params
+        self.tags, self.run_name = tags or {}, run_name or stage
+        self.started_ms = int(time.time() * 1000)
+        self.active = None
+        self._result: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._prepare, name="mlflow-setup", daemon=True)
+        self._thread.start()
+
+    def _prepare(self) -> None:
+        try:
+            self._result["experiment_id"] = _setup(self.experiment)
+        except BaseException as err:  # handed to the main thread in ready()
+            self._result["error"] = err
+
+    def ready(self):
+        """Wait for the store, open the run (once) and make it active; return it."""
+        if self.active is not None:
+            return self.active
+        with _timed():
+            self._thread.join()
+            if "error" in self._result:
+                raise self._result["error"]
+            import mlflow
+
+            mlflow.set_tracking_uri(tracking_uri())
+            os.environ.pop("MLFLOW_RUN_ID", None)
+            tags = {**context_tags(self.stage), **self.tags}
+            created = mlflow.MlflowClient().create_run(self._result["experiment_id"], start_time=self.started_ms,
+                                                       tags=tags, run_name=self.run_name)
+            self.active = mlflow.start_run(run_id=created.info.run_id)
+            if self.params:
+                mlflow.log_params(flatten(self.params))
+        return self.active
+
+    @property
+    def info(self):
+        return self.ready().info
+
+
 @contextlib.contextmanager
 def run(stage: str, experiment: str, params: dict[str, Any] | None = None,
         tags: dict[str, str] | None = None, parent_run_id: str | None = None,
-        run_name: str | None = None) -> Iterator[Any]:
+        run_name: str | None = None, defer: bool = False) -> Iterator[Any]:
     """Open ``stage``'s run, log ``params`` (flattened), close it FINISHED, FAILED or KILLED.
 
-    The run is named after the stage unless ``run_name`` says otherwise.
+    The run is named after the stage unless ``run_name`` says otherwise. With ``defer`` the
+    store is opened in the background (see :class:`DeferredRun`): a dead tracking server then
+    shows at the first thing logged or at the end, not at once.
     """
+    if defer:
+        with _deferred_run(DeferredRun(stage, experiment, params, tags, run_name)) as handle:
+            yield handle
+        return
     with _timed():
         import mlflow
 
@@ -218,6 +287,34 @@ def run(stage: str, experiment: str, params: dict[str, Any] | None = None,
     finally:
         with _timed():
             mlflow.end_run(status)
+
+
+@contextlib.contextmanager
+def _deferred_run(handle: DeferredRun) -> Iterator[DeferredRun]:
+    _deferred.append(handle)
+    status = "FINISHED"
+    try:
+        yield handle
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        _deferred.remove(handle)
+        try:
+            handle.ready()
+        except BaseException as err:
+            if status == "FINISHED":
+                raise
+            # The stage's own failure is the news; don't let the tracking one mask it.
+            log.warning("the %s run could not be recorded in MLflow: %s", handle.stage, err)
+        else:
+            import mlflow  # only now: an import here at the start would wait for the thread's
+
+            with _timed():
+                mlflow.end_run(status)
 
 
 def find_stage_run(experiment_id: str, stage: str, tag: str, value: str):
@@ -274,3 +371,30 @@ def link_inputs(pipeline_run_id: str, experiment: str, fingerprints: dict[str, s
         set_tag(f"imgclf.{stage}_run_id", shown)
         copied.update(source.data.metrics)
     log_metrics(copied)
+
+
+def log_keras_model(model, labels: list[str], registered_name: str | None = None) -> str:
+    """Log ``model`` as an MLflow Keras model (artifact ``keras_model``) with a signature.
+
+    The signature takes raw uint8 RGB images and returns one probability per label; the labels
+    ride along as metadata. With ``registered_name`` the model is also registered, one version
+    per call. Returns the model URI. Pip requirements are given, not inferred: inference would
+    load the model again in a subprocess.
+    """
+    from importlib.metadata import version
+
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    size = model.input_shape[1]
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, size, size, 3), "image")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(labels)), "probabilities")]))
+    with _timed():
+        info = mlflow.keras.log_model(
+            model, name="keras_model", signature=signature, metadata={"labels": labels},
+            pip_requirements=[f"tensorflow=={version('tensorflow')}", f"keras=={version('keras')}"],
+            registered_model_name=registered_name)
+    return info.model_uri

@@ -27,7 +27,7 @@ def run() -> None:
     src = dataset.scan(paths.resolve(p.data.source), p.data.labels)
     with tracking.run("augment", p.mlflow.experiment,
                       params={"base": p.section("base"), "data": p.section("data"),
-                              "augment": p.section("augment")}) as active:
+                              "augment": p.section("augment")}, defer=True) as active:
         progress = sys.stderr.isatty()
         workers = p.augment.workers or dataset.default_workers()
         paths.PREPARED_DIR.parent.mkdir(parents=True, exist_ok=True)
@@ -37,11 +37,13 @@ def run() -> None:
                                      imap=imap, progress=progress)
             splits = dataset.split_indices(decoded.y, p.data.test_size, p.data.val_size, p.base.seed,
                                            src.labels)
+            digests: dict[str, str] = {}
             sizes = dataset.write_prepared(paths.PREPARED_DIR, decoded, splits, src.labels, p.augment.angles,
-                                           p.augment.flip, imap=imap, progress=progress)
+                                           p.augment.flip, imap=imap, progress=progress,
+                                           resample=p.augment.resample, digests=digests)
             y, skipped = decoded.y, decoded.skipped
             del decoded  # unmap the scratch file before its folder goes
-        data_md5 = md5_tree(paths.PREPARED_DIR)
+        data_md5 = md5_tree(paths.PREPARED_DIR, known=digests)
         per_class = {label: int((y == k).sum()) for k, label in enumerate(src.labels)}
         report = {
             "classes": len(src.labels),

@@ -12,14 +12,16 @@ from imgclf import paths, tracking
 from imgclf.prepared import load_prepared
 from imgclf.cli import main
 from imgclf.errors import PipelineError
-from imgclf.evaluation import confusion_rows_csv, per_class_metrics, plot_confusion, plot_history, score
+from imgclf.evaluation import (confusion_rows_csv, html_report, per_class_metrics, plot_confusion, plot_history,
+                               plot_misclassified, score)
 from imgclf.history import read_history_csv
 from imgclf.fileio import atomic_path, md5_file, md5_tree, write_json, write_text
-from imgclf.params import load
+from imgclf.params import flatten, load
 
 log = logging.getLogger("evaluate")
 
-REPORT_FILES = (paths.METRICS, paths.PER_CLASS, paths.CONFUSION_CSV, paths.CONFUSION_PNG, paths.CURVES_PNG)
+REPORT_FILES = (paths.METRICS, paths.PER_CLASS, paths.CONFUSION_CSV, paths.CONFUSION_PNG, paths.CURVES_PNG,
+                paths.MISCLASSIFIED_PNG, paths.REPORT_HTML)
 
 
 def run() -> None:
@@ -47,6 +49,12 @@ def run() -> None:
                 plot_confusion(result["confusion"], data.labels, tmp)
             with atomic_path(paths.CURVES_PNG) as tmp:
                 plot_history(read_history_csv(paths.HISTORY), tmp)
+            with atomic_path(paths.MISCLASSIFIED_PNG) as tmp:
+                plot_misclassified(data.x["test"], data.y["test"], result["y_pred"], probs, data.labels, tmp)
+            write_text(paths.REPORT_HTML, html_report(
+                metrics, result["per_class"], flatten(shaping),
+                {"Confusion matrix": paths.CONFUSION_PNG, "Training curves": paths.CURVES_PNG,
+                 "Misclassified test images": paths.MISCLASSIFIED_PNG}))
             all_metrics = {**metrics, **per_class_metrics(result["per_class"])}
             tracking.log_metrics(all_metrics)
             for path in REPORT_FILES + (paths.HISTORY,):

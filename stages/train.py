@@ -19,14 +19,15 @@ def run() -> None:
     data = load_prepared(paths.PREPARED_DIR)
     data_md5 = md5_tree(paths.PREPARED_DIR)
     with tracking.run("train", p.mlflow.experiment, params={"base": p.section("base"), "train": p.section("train")},
-                      tags={tracking.TAG_DATA_MD5: data_md5}) as active:
+                      tags={tracking.TAG_DATA_MD5: data_md5}, defer=True) as active:
         from imgclf.model import build_model, fit, seed_everything, set_precision
 
         seed_everything(p.base.seed, p.train.deterministic)
         policy = set_precision(p.train.mixed_precision)
-        tracking.log_param("model.dtype_policy", policy)
         x_train, image_size = data.x["train"], data.x["train"].shape[1]
         model = build_model(image_size, len(data.labels), p.train)
+        active.ready()  # the store must work before hours of training, not after
+        tracking.log_param("model.dtype_policy", policy)
         tracking.log_param("model.parameters", model.count_params())
 
         def on_epoch(epoch: int, row: dict) -> None:
@@ -46,6 +47,8 @@ def run() -> None:
         summary.update({"train_seconds": round(seconds, 3),
                         "train_images_per_second": round(len(x_train) * p.train.epochs / seconds, 1)})
         tracking.log_artifact(paths.MODEL, artifact_path="model")
+        tracking.log_artifact(paths.PREPARED_DIR / paths.LABELS_FILE, artifact_path="model")
+        tracking.log_keras_model(model, data.labels, p.mlflow.model_name if p.mlflow.register_model else None)
         tracking.log_artifact(paths.HISTORY)
         summary["mlflow_seconds"] = round(tracking.seconds_spent(), 3)
         write_json(paths.TRAIN_REPORT, summary)

@@ -11,7 +11,7 @@ import pytest
 from imgclf import dataset
 from imgclf.prepared import load_prepared
 from imgclf.errors import PipelineError
-from imgclf.fileio import md5_tree
+from imgclf.fileio import md5_file, md5_tree
 
 from .conftest import CLASS_COLOURS, make_class_folders, make_image
 
@@ -120,7 +120,10 @@ def _prepare(src_dir: Path, out_dir: Path, seed: int = 0, workers: int = 1):
     with dataset.worker_pool(workers) as imap:
         decoded = dataset.decode(src, 16, scratch, imap=imap)
         splits = dataset.split_indices(decoded.y, 0.25, 0.2, seed, src.labels)
-        sizes = dataset.write_prepared(out_dir, decoded, splits, src.labels, [-10, 0, 10], True, imap=imap)
+        digests: dict[str, str] = {}
+        sizes = dataset.write_prepared(out_dir, decoded, splits, src.labels, [-10, 0, 10], True, imap=imap,
+                                       digests=digests)
+    assert digests == {"x_train.npy": md5_file(out_dir / "x_train.npy")}
     return decoded, splits, sizes
 
 

@@ -53,3 +53,20 @@ def test_history_round_trip_and_plots(tmp_path: Path):
     evaluation.plot_confusion(np.array([[3, 1], [0, 4]]), ["a", "b"], tmp_path / "cm.png")
     for name in ("curves.png", "cm.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_misclassified_grid_and_html_report(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (5, 8, 8, 3)).astype(np.uint8)
+    y_true = np.array([0, 1, 1, 0, 1])
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.1, 0.9]])
+    wrong = evaluation.plot_misclassified(images, y_true, probs.argmax(1), probs, ["cat", "dog"], tmp_path / "m.png")
+    assert wrong == 2
+    assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
+    assert evaluation.plot_misclassified(images, y_true, y_true, np.eye(2)[y_true], ["cat", "dog"],
+                                         tmp_path / "none.png") == 0
+    page = evaluation.html_report({"test_accuracy": 0.6}, {"cat": {"precision": 0.5, "recall": 0.5, "f1": 0.5,
+                                                                    "support": 2}},
+                                  {"train.epochs": 5, "data.labels": "<script>"}, {"Wrong": tmp_path / "m.png"})
+    assert "0.6000" in page and "train.epochs" in page and "data:image/png;base64," in page
+    assert "<script>" not in page and "&lt;script&gt;" in page

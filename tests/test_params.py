@@ -71,3 +71,11 @@ def test_flatten_names_params_like_dvc():
     flat = params.flatten({"train": p.section("train")})
     assert flat["train.epochs"] == 2
     assert flat["train.conv_filters"] == [32, 64]
+
+
+def test_mlflow_register_is_spelled_register():
+    p = params.parse({"mlflow": {"register": True}})
+    assert p.mlflow.register_model is True
+    assert p.section("mlflow")["register"] is True
+    with pytest.raises(PipelineError, match="unknown key 'mlflow.register_modell'"):
+        params.parse({"mlflow": {"register_modell": True}})

@@ -1,0 +1,102 @@
+"""python -m stages.predict on a real (tiny) model: lines, --top, --json, bad files, bad models."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgclf.cli import run_stage
+from imgclf.params import TrainParams
+from stages import predict
+
+from .conftest import CLASS_COLOURS, make_class_folders
+
+keras = pytest.importorskip("keras")
+
+LABELS = sorted(CLASS_COLOURS)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny CNN trained on the colour classes, saved as .h5 with labels.json beside it."""
+    from imgclf.dataset import decode, scan
+    from imgclf.model import build_model, fit, seed_everything
+
+    root = tmp_path_factory.mktemp("model")
+    images = make_class_folders(root / "train", per_class=10)
+    decoded = decode(scan(images), 16, root)
+    x, y = decoded.originals(np.arange(len(decoded.y))), decoded.y
+    p = TrainParams(conv_filters=[8], dense_units=16, epochs=15, batch_size=8, mixed_precision="off")
+    seed_everything(0, True)
+    model = build_model(16, 3, p)
+    fit(model, x, y, x[:0], y[:0], p, 0)
+    model.save(root / "model.h5")
+    (root / "labels.json").write_text(json.dumps(LABELS))
+    return root
+
+
+def _predict(capsys, *argv: str) -> tuple[int, list[str], list[str]]:
+    code = run_stage("predict", lambda: predict.run(list(argv)))
+    captured = capsys.readouterr()
+    return code, captured.out.splitlines(), captured.err.strip().splitlines()
+
+
+def test_one_line_per_image_with_label_and_probability(model_dir: Path, tmp_path: Path, capsys):
+    images = make_class_folders(tmp_path / "new", per_class=2, size=40, fmt="jpg")  # other size, format
+    code, out, _ = _predict(capsys, str(images), "--model", str(model_dir / "model.h5"))
+    assert code == 0 and len(out) == 6
+    right = 0
+    for line in out:
+        path, label, prob = line.split("\t")
+        assert 0 < float(prob) <= 1 and label in LABELS
+        right += label == Path(path).parent.name
+    assert right >= 5, out
+
+
+def test_top_k_and_json(model_dir: Path, tmp_path: Path, capsys):
+    images = make_class_folders(tmp_path / "new", per_class=1)
+    file = images / "red" / "00.png"
+    code, out, _ = _predict(capsys, str(file), "--model", str(model_dir / "model.h5"), "--top", "3")
+    fields = out[0].split("\t")
+    assert code == 0 and len(fields) == 7 and sorted(fields[1::2]) == LABELS
+    probs = [float(p) for p in fields[2::2]]
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-3)
+    code, out, _ = _predict(capsys, str(file), "--model", str(model_dir / "model.h5"), "--json", "--top", "2")
+    record = json.loads(out[0])
+    assert record["path"] == str(file) and record["label"] == record["top"][0]["label"]
+    assert len(record["top"]) == 2
+
+
+def test_bad_files_get_the_augment_messages(model_dir: Path, tmp_path: Path, capsys):
+    images = make_class_folders(tmp_path / "new", per_class=1)
+    (images / "red" / "fake.png").write_text("<html>not an image</html>")
+    code, out, err = _predict(capsys, str(images), "--model", str(model_dir / "model.h5"))
+    assert code == 2 and len(out) == 3
+    assert any("skipping" in line and "fake.png" in line and "not an image" in line for line in err)
+    assert err[-1] == "error: predict: 1 of 4 file(s) could not be classified (see the warnings above)"
+
+
+@pytest.mark.parametrize("setup, fragment", [
+    ("missing_model", "model not found"),
+    ("no_labels", "class labels not found"),
+    ("wrong_labels", "3 outputs but 2 labels"),
+    ("not_a_model", "not a Keras model file"),
+    ("missing_input", "no such file or folder"),
+])
+def test_bad_models_and_inputs(model_dir: Path, tmp_path: Path, capsys, setup: str, fragment: str):
+    image = make_class_folders(tmp_path / "in", per_class=1) / "red" / "00.png"
+    model = tmp_path / "m" / "model.h5"
+    model.parent.mkdir()
+    if setup != "missing_model":
+        model.write_bytes((model_dir / "model.h5").read_bytes())
+    if setup == "wrong_labels":
+        (model.parent / "labels.json").write_text('["a", "b"]')
+    elif setup in ("missing_model", "not_a_model"):
+        (model.parent / "labels.json").write_text(json.dumps(LABELS))
+    if setup == "not_a_model":
+        model.write_text("hello")
+    target = str(tmp_path / "nothing.png") if setup == "missing_input" else str(image)
+    code, _, err = _predict(capsys, target, "--model", str(model))
+    assert code == 2 and fragment in err[-1] and err[-1].startswith("error: predict: ")
