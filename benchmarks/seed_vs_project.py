@@ -1,8 +1,12 @@
 """The seed's way against this project's, on the same images: speed, memory and accuracy.
 
-    python benchmarks/seed_vs_project.py                  # generated shapes, 6 classes x 300, 100x100
+    python benchmarks/seed_vs_project.py                  # scikit-learn's digits at 100x100, 2 epochs
     python benchmarks/seed_vs_project.py --images DIR     # your own class folders
-    python benchmarks/seed_vs_project.py --per-class 60 --epochs 1   # a quick look
+    python benchmarks/seed_vs_project.py --shapes --per-class 300   # generated shapes instead
+    python benchmarks/seed_vs_project.py --epochs 1 --steps 40      # a quicker look
+
+The default data is the demo's: 1,797 real handwritten digits (about 180 per class, shipped
+inside scikit-learn) resized to 100x100 RGB by both sides, as the seed resized its photos.
 
 Every phase runs in its own child process (so each peak RSS is that phase's alone, read with
 ``os.wait4``) on the same images, the same test split, the same CNN, epochs and batch size:
@@ -216,8 +220,13 @@ def training_flops(model) -> float:
     return 3.0 * flops
 
 
+def phase_grow(w: Path, args) -> dict:
+    grow(Path(args.prepared), w / "prepared4x", 4)
+    return {}
+
+
 PHASES = {"seed_augment": phase_seed_augment, "seed_train": phase_seed_train,
-          "stream": phase_stream, "ceiling": phase_ceiling}
+          "stream": phase_stream, "grow": phase_grow, "ceiling": phase_ceiling}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,11 +309,12 @@ def noop_repro_seconds() -> float | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", help="class folders to use (default: generate shapes)")
-    ap.add_argument("--classes", type=int, default=6)
-    ap.add_argument("--per-class", type=int, default=300)
+    ap.add_argument("--images", help="class folders to use (default: scikit-learn's digits)")
+    ap.add_argument("--shapes", action="store_true", help="generate shape 'photos' instead of the digits")
+    ap.add_argument("--classes", type=int, default=6, help="with --shapes")
+    ap.add_argument("--per-class", type=int, default=300, help="with --shapes")
     ap.add_argument("--size", type=int, default=100)
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--test-size", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=42)
@@ -322,18 +332,23 @@ def main() -> None:
         Path(args.result).write_text(json.dumps(result))
         return
 
+    sys.path.insert(0, str(ROOT))
     w = Path(args.workdir or tempfile.mkdtemp(prefix="imgclf-bench-"))
     w.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_TRACKING_URI": f"sqlite:///{w / 'mlflow.db'}",
            "PYTHONPATH": str(ROOT)}
     env.pop("DVC_ROOT", None)
     print(f"work folder: {w}", flush=True)
-    if not args.images:
+    if not args.images and args.shapes:
         args.images = str(generate_shapes(w / "images", args.classes, args.per_class, args.size, args.seed))
+    elif not args.images:
+        from imgclf.demo import write_digits
+
+        write_digits(w / "images")
+        args.images = str(w / "images")
     args.images = str(Path(args.images).resolve())
 
     # The project's own stratified split, shared with the seed so both test on the same images.
-    sys.path.insert(0, str(ROOT))
     from imgclf.dataset import scan, split_indices
 
     src = scan(Path(args.images))
@@ -343,8 +358,8 @@ def main() -> None:
     (w / "labels.json").write_text(json.dumps(src.labels))
     print(f"{len(src.files)} images in {len(src.labels)} classes, {len(test)} held out", flush=True)
 
-    r: dict = {"config": {k: getattr(args, k) for k in ("classes", "per_class", "size", "epochs",
-                                                         "batch_size", "test_size", "seed", "images")}}
+    r: dict = {"config": {k: getattr(args, k) for k in ("size", "epochs", "batch_size", "test_size", "seed",
+                                                         "images", "steps")}}
     print("seed: augment ...", flush=True)
     r["seed_augment"] = phase("seed_augment", w, args, env)
     print("seed: train ...", flush=True)
@@ -362,7 +377,7 @@ def main() -> None:
     print("streaming: 1x and 4x data ...", flush=True)
     prepared = project / "data" / "prepared"
     r["stream_1x"] = phase("stream", w, args, env, prepared=prepared, steps=args.steps)
-    grow(prepared, w / "prepared4x", 4)
+    phase("grow", w, args, env, prepared=prepared)  # in a child: the parent stays small
     r["stream_4x"] = phase("stream", w, args, env, prepared=w / "prepared4x", steps=args.steps)
     shutil.rmtree(w / "prepared4x")
     print("matmul ceiling ...", flush=True)
