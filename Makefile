@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup run test clean
+.PHONY: setup system-deps run test clean
 
 setup: $(STAMP)
 
@@ -18,7 +18,10 @@ $(STAMP): requirements.txt
 run: $(STAMP)
 	dvc repro
 
-test: $(STAMP)
+system-deps:
+	bash scripts/system-deps.sh
+
+test: $(STAMP) system-deps
 	python -m pytest
 
 clean:

@@ -79,6 +79,7 @@ class TrainParams(_Section):
     batch_size: int = Field(32, ge=1)
     epochs: int = Field(5, ge=1)
     mixed_precision: Literal["auto", "off", "bfloat16", "float16"] = "auto"
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     deterministic: bool = True
 
     @field_validator("conv_filters")

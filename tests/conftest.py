@@ -1,11 +1,16 @@
 """Shared fixtures: tiny deterministic image folders and shrunk params."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -57,3 +62,75 @@ TINY_PARAMS = {
     "augment": {"angles": [0, 10], "flip": True},
     "train": {"conv_filters": [4, 8], "dense_units": 16, "epochs": 2, "batch_size": 8},
 }
+
+
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", "stages", "imgclf")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+class Project:
+    def __init__(self, root: Path):
+        self.root = root
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+        self.env.update({"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                         "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+
+    def sh(self, *cmd: str, ok: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(cmd, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=600)
+        if ok and proc.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        return proc
+
+    def json(self, rel: str):
+        return json.loads((self.root / rel).read_text(encoding="utf-8"))
+
+    def runs(self, name: str | None = None):
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{self.root / 'mlflow.db'}")
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name("image-classification")
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        return [r for r in runs if name is None or r.info.run_name == name]
+
+    def array_md5s(self) -> dict[str, str]:
+        from imgclf.fileio import md5_file
+
+        return {p.name: md5_file(p) for p in sorted((self.root / "data/prepared").glob("*.npy"))}
+
+
+def make_project(root: Path, params: dict | None = None, env: dict | None = None) -> Project:
+    """A git + DVC copy of the project in ``root`` on tiny images (``data/tiny``), not yet run."""
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, root / name)
+    make_class_folders(root / "data" / "tiny", per_class=8)
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw = _merge(raw, _merge(TINY_PARAMS, {"data": {"source": "data/tiny"}, **(params or {})}))
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    p = Project(root)
+    p.env.update(env or {})
+    p.sh("git", "init", "-q")
+    p.sh("dvc", "init", "-q")
+    p.sh("dvc", "config", "core.analytics", "false")
+    p.sh("git", "add", "-A")
+    p.sh("git", "commit", "-qm", "tiny project")
+    return p
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """A git + DVC copy of the project on tiny images, after its first `dvc repro`."""
+    p = make_project(tmp_path_factory.mktemp("project"), {"mlflow": {"register": True}})
+    p.first = p.sh("dvc", "repro")
+    return p

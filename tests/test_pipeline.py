@@ -22,70 +22,9 @@ import yaml
 from imgclf import tracking
 from imgclf.fileio import md5_file
 
-from .conftest import ROOT, TINY_PARAMS, make_class_folders
+from .conftest import Project
 
 pytestmark = pytest.mark.slow
-
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", "stages", "imgclf")
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
-
-
-class Project:
-    def __init__(self, root: Path):
-        self.root = root
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-        self.env.update({"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                         "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-                         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
-
-    def sh(self, *cmd: str, ok: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(cmd, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=600)
-        if ok and proc.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-        return proc
-
-    def json(self, rel: str):
-        return json.loads((self.root / rel).read_text(encoding="utf-8"))
-
-    def runs(self, name: str | None = None):
-        mlflow.set_tracking_uri(f"sqlite:///{self.root / 'mlflow.db'}")
-        client = mlflow.MlflowClient()
-        exp = client.get_experiment_by_name("image-classification")
-        runs = client.search_runs([exp.experiment_id], max_results=1000)
-        return [r for r in runs if name is None or r.info.run_name == name]
-
-    def array_md5s(self) -> dict[str, str]:
-        return {p.name: md5_file(p) for p in sorted((self.root / "data/prepared").glob("*.npy"))}
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    root = tmp_path_factory.mktemp("project")
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
-    make_class_folders(root / "data" / "tiny", per_class=8)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params = _merge(params, _merge(TINY_PARAMS, {"data": {"source": "data/tiny"}}))
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    p = Project(root)
-    p.sh("git", "init", "-q")
-    p.sh("dvc", "init", "-q")
-    p.sh("dvc", "config", "core.analytics", "false")
-    p.sh("git", "add", "-A")
-    p.sh("git", "commit", "-qm", "tiny project")
-    p.first = p.sh("dvc", "repro")
-    return p
-
 
 def test_repro_writes_metrics_model_and_reports(project: Project):
     metrics = project.json("reports/metrics.json")
@@ -101,8 +40,10 @@ def test_repro_writes_metrics_model_and_reports(project: Project):
     assert history[0].split(",")[:3] == ["epoch", "accuracy", "loss"] and len(history) == 3
     confusion = (project.root / "reports/confusion.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) == 7
-    for png in ("reports/confusion.png", "reports/training_curves.png"):
+    for png in ("reports/confusion.png", "reports/training_curves.png", "reports/misclassified.png"):
         assert (project.root / png).read_bytes()[:4] == b"\x89PNG"
+    page = (project.root / "reports/report.html").read_text()
+    assert "test_accuracy" in page and "train.epochs" in page and page.count("data:image/png;base64,") == 3
 
     import keras
 
@@ -139,12 +80,39 @@ def test_every_stage_is_in_mlflow_under_one_pipeline_run(project: Project):
     assert train.data.tags[tracking.TAG_MODEL_MD5] == md5_file(project.root / "models/model.h5")
     # The .h5 is an artifact of the train run, stored beside the project's store.
     artifacts = [a.path for a in client.list_artifacts(train.info.run_id, "model")]
-    assert artifacts == ["model/model.h5"]
+    assert artifacts == ["model/labels.json", "model/model.h5"]
+    assert "keras_model/MLmodel" in {a.path for a in client.list_artifacts(train.info.run_id, "keras_model")}
+    (version,) = client.search_model_versions("name = 'image-classifier'")
+    assert version.run_id == train.info.run_id
     local = Path(mlflow.artifacts.download_artifacts(run_id=train.info.run_id, artifact_path="model/model.h5"))
     assert md5_file(local) == md5_file(project.root / "models/model.h5")
     assert (project.root / "mlartifacts").is_dir()
     reports = {a.path for a in client.list_artifacts(evaluate.info.run_id, "reports")}
-    assert {"reports/metrics.json", "reports/confusion.png", "reports/confusion.csv"} <= reports
+    assert {"reports/metrics.json", "reports/confusion.png", "reports/confusion.csv", "reports/report.html",
+            "reports/misclassified.png"} <= reports
+
+
+def test_predict_from_the_pipeline_a_run_and_the_registry(project: Project):
+    (train,) = project.runs("train")
+    lines = {}
+    for model in (None, f"runs:/{train.info.run_id}", "models:/image-classifier/1"):
+        args = [sys.executable, "-m", "stages.predict", "data/tiny/red", "--top", "2"]
+        out = project.sh(*(args + (["--model", model] if model else []))).stdout.splitlines()
+        assert len(out) == 8 and all(len(line.split("\t")) == 5 for line in out)
+        lines[model] = out
+    # Same model three ways: same answers (probabilities printed to 4 places).
+    assert lines[None] == lines[f"runs:/{train.info.run_id}"] == lines["models:/image-classifier/1"]
+
+
+def test_mlflow_models_predict_serves_the_registered_model(project: Project, tmp_path: Path):
+    x = np.load(project.root / "data/prepared/x_test.npy", allow_pickle=False)[:2]
+    (tmp_path / "in.json").write_text(json.dumps({"inputs": x.tolist()}))
+    out = project.sh("mlflow", "models", "predict", "-m", "models:/image-classifier/1", "-i", str(tmp_path / "in.json"),
+                     "-t", "json", "--env-manager", "local", "-o", str(tmp_path / "out.json"))
+    assert out.returncode == 0
+    predictions = np.asarray(json.loads((tmp_path / "out.json").read_text())["predictions"])
+    assert predictions.shape == (2, 3)
+    np.testing.assert_allclose(predictions.sum(axis=1), 1.0, atol=1e-3)
 
 
 def test_second_repro_does_nothing(project: Project):
@@ -274,3 +242,36 @@ def test_sigterm_during_training_keeps_the_previous_model(project: Project, tmp_
     assert md5_file(model) == before
     assert sorted(p.name for p in model.parent.iterdir()) == [".gitignore", "model.h5"]
     _set_epochs(project, 1)
+
+
+def test_queued_experiments_in_parallel_all_land_in_the_main_store(project: Project):
+    for n, lr in enumerate(("0.002", "0.004", "0.0005"), start=1):
+        project.sh("dvc", "exp", "run", "--queue", "-S", f"train.learning_rate={lr}", "-n", f"queued-{n}")
+    project.sh("dvc", "queue", "start", "-j", "2")
+    deadline = time.monotonic() + 480
+    while True:
+        status = project.sh("dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+    assert status.count("Success") >= 3 and "Failed" not in status, status
+    names = {f"queued-{n}" for n in (1, 2, 3)}
+    pipelines = [r for r in project.runs() if r.info.run_name in names]
+    assert len(pipelines) == 3 and all(r.info.status == "FINISHED" for r in pipelines)
+    trains = [r for r in project.runs("train") if r.data.tags.get("dvc.exp_name") in names]
+    assert len(trains) == 3
+    assert sorted(r.data.params["train.learning_rate"] for r in trains) == ["0.0005", "0.002", "0.004"]
+    assert not list((project.root / ".dvc" / "tmp").rglob("mlflow.db"))
+
+
+def test_dvc_push_and_pull_round_trip(project: Project, tmp_path: Path):
+    project.sh("dvc", "remote", "add", "-f", "-d", "local", str(tmp_path / "remote"))
+    before = project.array_md5s(), md5_file(project.root / "models" / "model.h5")
+    project.sh("dvc", "push")
+    for path in ("data/prepared", "models/model.h5", ".dvc/cache"):
+        target = project.root / path
+        (shutil.rmtree if target.is_dir() else Path.unlink)(target)
+    project.sh("dvc", "pull")
+    assert (project.array_md5s(), md5_file(project.root / "models" / "model.h5")) == before
+    assert "up to date" in project.sh("dvc", "status").stdout

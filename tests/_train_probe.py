@@ -1,0 +1,50 @@
+"""Train the tiny CNN once under a given ``train.strategy`` and print a JSON line of results.
+
+Run as ``python -m tests._train_probe STRATEGY`` (by test_distributed, one process per worker
+for ``multi_worker`` with ``TF_CONFIG`` set).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main() -> None:
+    strategy_name = sys.argv[1]
+    from imgclf.model import is_chief, make_strategy
+
+    strategy = make_strategy(strategy_name)  # first: multi-worker must start before other TF work
+    from imgclf.model import build_model, fit, seed_everything
+    from imgclf.params import TrainParams
+    from tests.conftest import CLASS_COLOURS, make_image
+
+    seed_everything(0, deterministic=False)
+    images, labels = [], []
+    for c, colour in enumerate(CLASS_COLOURS.values()):
+        for n in range(40):
+            images.append(np.asarray(make_image(colour, seed=1000 * c + n)))
+            labels.append(c)
+    x, y = np.stack(images), np.asarray(labels, dtype=np.uint8)
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = x[order], y[order]
+    x_train, y_train, x_test, y_test = x[:90], y[:90], x[90:], y[90:]
+    p = TrainParams(conv_filters=[8], dense_units=16, epochs=8, batch_size=16, mixed_precision="off",
+                    strategy=strategy_name)
+    with strategy.scope():
+        model = build_model(16, 3, p)
+    start = time.perf_counter()
+    fit(model, x_train, y_train, x_test[:0], y_test[:0], p, seed=0)
+    seconds = time.perf_counter() - start
+    accuracy = float((model.predict(x_test, verbose=0).argmax(1) == y_test).mean())
+    print(json.dumps({"strategy": strategy_name, "replicas": strategy.num_replicas_in_sync,
+                      "chief": is_chief(strategy), "accuracy": accuracy, "seconds": seconds}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

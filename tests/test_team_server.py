@@ -1,0 +1,149 @@
+"""A team tracking server for real: PostgreSQL, `mlflow server` on it, the pipeline logging over HTTP.
+
+Checks through the server's REST API that the runs, params, metrics and the .h5 artifact
+arrived. PostgreSQL comes from Debian's package (`scripts/system-deps.sh` installs it); the test
+fails, saying so, when it is missing.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import make_project
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.fail("PostgreSQL server binaries not found: install Debian's `postgresql` package "
+                    "(scripts/system-deps.sh does this)")
+    return Path(found[-1]).parent
+
+
+def _as_db_user(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run its commands as the `postgres` account then."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--"] + cmd
+    return cmd
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    bin_dir = _pg_bin()
+    # pytest's temp folders are private to root; the postgres account needs a folder of its own.
+    top = Path(tempfile.mkdtemp(prefix="imgclf-pg-"))
+    top.chmod(0o755)
+    data = top / "data"
+    data.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+    port = _free_port()
+    subprocess.run(_as_db_user([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                                "-E", "UTF8"]), check=True, capture_output=True)
+    subprocess.run(_as_db_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-w",
+                                "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"]),
+                   check=True, capture_output=True, timeout=60)
+    try:
+        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"],
+                       check=True, capture_output=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run(_as_db_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+                       capture_output=True, timeout=60)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tracking_server(postgres: str, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", postgres, "--artifacts-destination", str(root / "artifacts")],
+        cwd=root, stdout=log, stderr=subprocess.STDOUT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow server on PostgreSQL did not start:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield url, root / "artifacts"
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _api(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
+    full = f"{url}/api/2.0/mlflow/{endpoint}"
+    if query:
+        full += "?" + urllib.parse.urlencode(query)
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(full, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_pipeline_logs_to_a_postgres_backed_server(tracking_server, tmp_path: Path):
+    url, artifacts = tracking_server
+    project = make_project(tmp_path / "project", env={"MLFLOW_TRACKING_URI": url})
+    project.sh("dvc", "repro")
+    assert not (project.root / "mlflow.db").exists(), "nothing may land in the local default store"
+
+    exp = _api(url, "experiments/get-by-name", experiment_name="image-classification")["experiment"]
+    runs = _api(url, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})["runs"]
+    by_name = {r["info"]["run_name"]: r for r in runs}
+    assert {"augment", "train", "evaluate", "pipeline"} <= set(by_name)
+    assert all(r["info"]["status"] == "FINISHED" for r in runs)
+
+    def params(run):
+        return {p["key"]: p["value"] for p in run["data"].get("params", [])}
+
+    def metrics(run):
+        return {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
+
+    train, pipeline = by_name["train"], by_name["pipeline"]
+    assert params(train)["train.epochs"] == "2" and params(pipeline)["data.image_size"] == "16"
+    local = json.loads((project.root / "reports" / "metrics.json").read_text())
+    assert metrics(pipeline)["test_accuracy"] == pytest.approx(local["test_accuracy"])
+    assert "val_loss" in metrics(train)
+    tags = {t["key"]: t["value"] for t in pipeline["data"]["tags"]}
+    assert {t["value"] for t in train["data"]["tags"] if t["key"] == "mlflow.parentRunId"} == {pipeline["info"]["run_id"]}
+    assert tags["imgclf.model_md5"]
+
+    listed = _api(url, "artifacts/list", run_id=train["info"]["run_id"], path="model")
+    assert {f["path"] for f in listed["files"]} == {"model/model.h5", "model/labels.json"}
+    # The bytes themselves went through the server into its artifact store.
+    stored = list(artifacts.rglob("model.h5"))
+    assert len(stored) == 1
+    assert stored[0].read_bytes() == (project.root / "models" / "model.h5").read_bytes()

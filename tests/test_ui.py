@@ -1,0 +1,106 @@
+"""The MLflow UI in a real browser: a real `mlflow server` on the pipeline's store, headless Chromium.
+
+Two pipeline runs with different params must show on the experiment page and, side by side, in
+the compare view with their differing params and their test metrics. Screenshots land in
+``test-output/ui/`` for people to look at.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, Project
+
+pytestmark = pytest.mark.slow
+
+OUT = ROOT / "test-output" / "ui"
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail("no Chromium found: install Debian's `chromium` package (apt-get install -y chromium); "
+                ".ci/run does this. The browser test cannot run without it.")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(project: Project, tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "mlflow-server.log"
+    fh = open(log, "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{project.root / 'mlflow.db'}"],
+        cwd=project.root, env=project.env, stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow server did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _browse(url: str, shot: Path, profile: Path) -> str:
+    """Render ``url`` headless: save a screenshot and return the DOM after scripts ran."""
+    base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1600,1000",
+            "--virtual-time-budget=20000", "--hide-scrollbars"]
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(base + [f"--screenshot={shot}", url], capture_output=True, timeout=180, check=False)
+    dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=180, check=False)
+    assert shot.is_file() and shot.stat().st_size > 10_000, f"no screenshot of {url}: {dom.stderr[-2000:]}"
+    return dom.stdout
+
+
+def test_experiment_page_and_compare_view_show_two_pipeline_runs(project: Project, server: str, tmp_path: Path):
+    # A second pipeline result with other params, as a user's experiment would make.
+    project.sh("dvc", "exp", "run", "--temp", "-S", "train.learning_rate=0.003", "-n", "ui-lr3")
+    runs = sorted(project.runs(), key=lambda r: r.info.start_time)
+    pipelines = [r for r in runs if r.data.tags.get("imgclf.stage") == "pipeline"]
+    first, second = pipelines[0], pipelines[-1]
+    assert second.info.run_name == "ui-lr3"
+    exp_id = first.info.experiment_id
+
+    page = _browse(f"{server}/#/experiments/{exp_id}?workflowType=machine_learning",
+                   OUT / "experiment.png", tmp_path / "p1")
+    assert "image-classification" in page
+    assert "ui-lr3" in page and "pipeline" in page
+
+    ids = json.dumps([first.info.run_id, second.info.run_id])
+    query = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([exp_id])})
+    page = _browse(f"{server}/#/compare-runs?{query}", OUT / "compare.png", tmp_path / "p2")
+    assert "train.learning_rate" in page
+    assert first.data.params["train.learning_rate"] in page and "0.003" in page
+    assert "test_accuracy" in page
+    assert f"{second.data.metrics['test_accuracy']:.3g}"[:4] in page
