@@ -36,32 +36,24 @@ def make_strategy(name: str):
     """The ``tf.distribute`` strategy for ``train.strategy``.
 
     ``default``: one device. ``mirrored``: every local GPU, or the logical CPUs when there is no
-    GPU (see :func:`split_cpu`). ``multi_worker``: the cluster in ``TF_CONFIG``. In every case
-    ``train.batch_size`` is the *global* batch, split evenly over the replicas.
+    GPU (see :func:`split_cpu`). ``train.batch_size`` is the *global* batch, split evenly over
+    the replicas.
     """
     import tensorflow as tf
 
     cpus = int(os.environ.get("IMGCLF_CPU_DEVICES", "1") or 1)
-    if cpus > 1 and not tf.config.list_logical_devices("CPU")[1:]:
-        split_cpu(cpus)
+    if cpus > 1:
+        try:
+            split_cpu(cpus)
+        except RuntimeError:  # TensorFlow already started: keep the devices it has
+            log.warning("IMGCLF_CPU_DEVICES=%d ignored: TensorFlow's devices are already set up", cpus)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         devices = [d.name for d in tf.config.list_logical_devices("GPU")]
         devices = devices or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {name!r}")
-
-
-def is_chief(strategy) -> bool:
-    """True for the one process that writes outputs and logs to MLflow (worker 0, or alone)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
-                                              and "chief" not in resolver.cluster_spec().as_dict())
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -190,9 +182,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, s
         ds = tf.data.Dataset.from_tensor_slices((np.asarray(x), labels))
         if shuffle:
             ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
     rows = NpyRows(x)
     shape = (None,) + tuple(x.shape[1:])
@@ -211,10 +201,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, s
     if shuffle:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(load_tf, num_parallel_calls=2, deterministic=True)
-    options = tf.data.Options()
-    # Several workers: each takes its share of the batches (there are no files to shard by).
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.prefetch(4).with_options(options)
+    return ds.prefetch(4)
 
 
 def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,

@@ -63,32 +63,16 @@ def seconds_spent() -> float:
     return _spent[0]
 
 
-_disabled = [0]
-
-
-class _NoRun:
-    """Stands in for a run in a process that must not log (a multi-worker non-chief)."""
-
-    info = type("Info", (), {"run_id": "(not logged)"})()
-
-    def ready(self):
-        return self
-
-
-def _ensure_open() -> bool:
-    """Open the current deferred run (if any) before something is logged; False: don't log."""
-    if _disabled[0]:
-        return False
+def _ensure_open() -> None:
+    """Open the current deferred run (if any) before something is logged to it."""
     if _deferred:
         _deferred[-1].ready()
-    return True
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
-    if not _ensure_open():
-        return
+    _ensure_open()
     with _timed():
         mlflow.log_metrics(metrics, step=step)
 
@@ -96,8 +80,7 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 def log_param(key: str, value: Any) -> None:
     import mlflow
 
-    if not _ensure_open():
-        return
+    _ensure_open()
     with _timed():
         mlflow.log_param(key, value)
 
@@ -105,8 +88,7 @@ def log_param(key: str, value: Any) -> None:
 def set_tag(key: str, value: str) -> None:
     import mlflow
 
-    if not _ensure_open():
-        return
+    _ensure_open()
     with _timed():
         mlflow.set_tag(key, value)
 
@@ -114,8 +96,7 @@ def set_tag(key: str, value: str) -> None:
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
     import mlflow
 
-    if not _ensure_open():
-        return
+    _ensure_open()
     with _timed():
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
@@ -272,21 +253,13 @@ class DeferredRun:
 @contextlib.contextmanager
 def run(stage: str, experiment: str, params: dict[str, Any] | None = None,
         tags: dict[str, str] | None = None, parent_run_id: str | None = None,
-        run_name: str | None = None, defer: bool = False, enabled: bool = True) -> Iterator[Any]:
+        run_name: str | None = None, defer: bool = False) -> Iterator[Any]:
     """Open ``stage``'s run, log ``params`` (flattened), close it FINISHED, FAILED or KILLED.
 
     The run is named after the stage unless ``run_name`` says otherwise. With ``defer`` the
     store is opened in the background (see :class:`DeferredRun`): a dead tracking server then
-    shows at the first thing logged or at the end, not at once. With ``enabled=False`` nothing
-    is logged at all (the logging helpers do nothing inside).
+    shows at the first thing logged or at the end, not at once.
     """
-    if not enabled:
-        _disabled[0] += 1
-        try:
-            yield _NoRun()
-        finally:
-            _disabled[0] -= 1
-        return
     if defer:
         with _deferred_run(DeferredRun(stage, experiment, params, tags, run_name)) as handle:
             yield handle
@@ -410,8 +383,6 @@ def log_keras_model(model, labels: list[str], registered_name: str | None = None
     """
     from importlib.metadata import version
 
-    if _disabled[0]:
-        return ""
     import mlflow
     import numpy as np
     from mlflow.models import ModelSignature

@@ -1,14 +1,8 @@
-"""Stage ``train``: fit the CNN on ``data/prepared`` and save it as ``models/model.h5``.
-
-Under ``train.strategy: multi_worker`` every worker runs this same command with its own
-``TF_CONFIG``; only the chief (worker 0) writes the outputs and logs to MLflow.
-"""
+"""Stage ``train``: fit the CNN on ``data/prepared`` and save it as ``models/model.h5``."""
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
-from pathlib import Path
 
 from imgclf import paths, tracking
 from imgclf.cli import main
@@ -24,21 +18,13 @@ def run() -> None:
     p = load(paths.PARAMS)
     data = load_prepared(paths.PREPARED_DIR)
     data_md5 = md5_tree(paths.PREPARED_DIR)
-    chief = True
-    if p.train.strategy == "multi_worker":
-        # The collective runtime must start before anything else touches TensorFlow.
-        from imgclf.model import is_chief, make_strategy
-
-        strategy = make_strategy(p.train.strategy)
-        chief = is_chief(strategy)
     with tracking.run("train", p.mlflow.experiment, params={"base": p.section("base"), "train": p.section("train")},
-                      tags={tracking.TAG_DATA_MD5: data_md5}, defer=True, enabled=chief) as active:
+                      tags={tracking.TAG_DATA_MD5: data_md5}, defer=True) as active:
         from imgclf.model import build_model, fit, make_strategy, seed_everything, set_precision
 
         seed_everything(p.base.seed, p.train.deterministic)
         policy = set_precision(p.train.mixed_precision)
-        if p.train.strategy != "multi_worker":
-            strategy = make_strategy(p.train.strategy)
+        strategy = make_strategy(p.train.strategy)
         x_train, image_size = data.x["train"], data.x["train"].shape[1]
         with strategy.scope():
             model = build_model(image_size, len(data.labels), p.train)
@@ -55,12 +41,6 @@ def run() -> None:
                       p.base.seed, on_epoch=on_epoch)
         seconds = time.perf_counter() - started
 
-        if not chief:
-            # Every worker must save (it syncs variables); only the chief's copy is kept.
-            with tempfile.TemporaryDirectory() as scratch:
-                model.save(Path(scratch) / "model.h5")
-            log.info("worker done in %.1f s; the chief writes the outputs", seconds)
-            return
         with atomic_path(paths.MODEL) as tmp:
             model.save(tmp)
         model_md5 = md5_file(paths.MODEL)

@@ -1,7 +1,6 @@
 """Train the tiny CNN once under a given ``train.strategy`` and print a JSON line of results.
 
-Run as ``python -m tests._train_probe STRATEGY`` (by test_distributed, one process per worker
-for ``multi_worker`` with ``TF_CONFIG`` set).
+Run as ``python -m tests._train_probe STRATEGY`` by test_distributed.
 """
 from __future__ import annotations
 
@@ -17,10 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def main() -> None:
     strategy_name = sys.argv[1]
-    from imgclf.model import is_chief, make_strategy
+    from imgclf.model import build_model, fit, make_strategy, seed_everything
 
-    strategy = make_strategy(strategy_name)  # first: multi-worker must start before other TF work
-    from imgclf.model import build_model, fit, seed_everything
+    strategy = make_strategy(strategy_name)
     from imgclf.params import TrainParams
     from tests.conftest import CLASS_COLOURS, make_image
 
@@ -43,7 +41,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     accuracy = float((model.predict(x_test, verbose=0).argmax(1) == y_test).mean())
     print(json.dumps({"strategy": strategy_name, "replicas": strategy.num_replicas_in_sync,
-                      "chief": is_chief(strategy), "accuracy": accuracy, "seconds": seconds}), flush=True)
+                      "accuracy": accuracy, "seconds": seconds}), flush=True)
 
 
 if __name__ == "__main__":

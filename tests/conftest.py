@@ -108,6 +108,7 @@ class Project:
 
 def make_project(root: Path, params: dict | None = None, env: dict | None = None) -> Project:
     """A git + DVC copy of the project in ``root`` on tiny images (``data/tiny``), not yet run."""
+    root.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         src = ROOT / name
         if src.is_dir():
