@@ -20,7 +20,7 @@ from PIL import Image
 
 from imgclf import paths
 from imgclf.errors import PipelineError
-from imgclf.fileio import atomic_dir
+from imgclf.fileio import atomic_dir, md5_file
 from imgclf.images import BadImage, is_image_name, load_image
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,15 @@ def label_dtype(n_classes: int) -> np.dtype:
     return np.dtype(np.uint8 if n_classes <= 256 else np.uint32)
 
 
+def preload_split() -> None:
+    """Import scikit-learn's splitter in a background thread: it takes over a second, which the
+    decoding in worker processes can hide."""
+    import importlib
+    import threading
+
+    threading.Thread(target=importlib.import_module, args=("sklearn.model_selection",), daemon=True).start()
+
+
 def split_indices(y: np.ndarray, test_size: float, val_size: float, seed: int,
                   labels: list[str]) -> dict[str, np.ndarray]:
     """Stratified, seeded split of original-image indices into train / val / test.
@@ -248,16 +257,24 @@ def copies_per_image(angles: list[float], flip: bool) -> int:
     return len(angles) * (2 if flip else 1)
 
 
-def _augment_chunk(task: tuple[str, str, list[tuple[int, int]], list[float], bool, str]) -> int:
-    """Worker: write the augmented copies of some originals into their slots of x_train."""
+def _augment_chunk(task: tuple[str, str, list[tuple[int, int]], list[float], bool, str]) -> tuple[int, str]:
+    """Worker: write the augmented copies of some originals into their slots of x_train.
+
+    Returns how many originals it did and the MD5 of the bytes it wrote, in order.
+    """
+    import hashlib
+
     originals_path, train_path, items, angles, flip, resample = task
     originals = np.load(originals_path, mmap_mode="r")
     x_train = np.load(train_path, mmap_mode="r+")
     copies = copies_per_image(angles, flip)
+    digest = hashlib.md5()
     for n, row in items:
-        x_train[n * copies:(n + 1) * copies] = np.stack(augment_one(originals[row], angles, flip, resample))
+        block = np.stack(augment_one(originals[row], angles, flip, resample))
+        digest.update(block.data)
+        x_train[n * copies:(n + 1) * copies] = block
     x_train.flush()
-    return len(items)
+    return len(items), digest.hexdigest()
 
 
 def _copy_rows(target: Path, source: np.ndarray, rows: np.ndarray, chunk: int = 1024) -> None:
@@ -270,15 +287,17 @@ def _copy_rows(target: Path, source: np.ndarray, rows: np.ndarray, chunk: int = 
 
 def write_prepared(out_dir: Path, decoded: Decoded, splits: dict[str, np.ndarray], labels: list[str],
                    angles: list[float], flip: bool, imap: Callable = map, progress: bool = False,
-                   resample: str = "nearest", digests: dict[str, str] | None = None) -> dict[str, int]:
+                   resample: str = "nearest") -> dict[str, int]:
     """Write x/y arrays per split (train augmented, val/test as decoded) and the label list.
 
     Everything lands in a temporary folder that replaces ``out_dir`` only when complete. Arrays
     are filled in place through memory maps, so none needs to fit in RAM; with ``imap`` from
     :func:`worker_pool`, processes augment in parallel, each writing its own slots, so the bytes
     do not depend on their number.
-    Returns the number of images per split; fills ``digests`` with the MD5 of ``x_train.npy``,
-    hashed chunk by chunk as the workers finish them (cheaper than reading it again).
+    Also writes ``manifest.json``: the MD5 of every file, where the large ``x_train.npy`` gets
+    the MD5 of its header and of the MD5s its workers computed chunk by chunk as they wrote it
+    (reading 0.7 GB again to hash it took as long as augmenting it). Returns the number of
+    images per split.
     """
     import hashlib
 
@@ -291,27 +310,18 @@ def write_prepared(out_dir: Path, decoded: Decoded, splits: dict[str, np.ndarray
         shape = (len(train_rows) * copies,) + decoded.x.shape[1:]
         train_path = tmp / "x_train.npy"
         header = np.lib.format.open_memmap(train_path, mode="w+", dtype=np.uint8, shape=shape)
-        offset, row_bytes = header.offset, int(np.prod(shape[1:])) * copies
+        offset = header.offset
         header.flush()
         del header
         items = list(enumerate(train_rows.tolist()))
         tasks = [(str(decoded.path), str(train_path), items[i:i + CHUNK], list(angles), flip, resample)
                  for i in range(0, len(items), CHUNK)]
-        digest = hashlib.md5()
-        fd = os.open(train_path, os.O_RDONLY)
-        try:
-            digest.update(os.pread(fd, offset, 0))
-            hashed = 0
-            with tqdm(total=len(items), desc="augment", unit="img", disable=not progress) as bar:
-                for done in imap(_augment_chunk, tasks):
-                    # pread, not the memory map: hashing must not make the file resident here.
-                    digest.update(os.pread(fd, done * row_bytes, offset + hashed * row_bytes))
-                    hashed += done
-                    bar.update(done)
-        finally:
-            os.close(fd)
-        if digests is not None:
-            digests["x_train.npy"] = digest.hexdigest()
+        with open(train_path, "rb") as fh:
+            fingerprint = hashlib.md5(fh.read(offset))
+        with tqdm(total=len(items), desc="augment", unit="img", disable=not progress) as bar:
+            for done, chunk_md5 in imap(_augment_chunk, tasks):
+                fingerprint.update(bytes.fromhex(chunk_md5))
+                bar.update(done)
         np.save(tmp / "y_train.npy", np.repeat(decoded.y[splits["train"]], copies))
         sizes["train"] = shape[0]
         for name in ("val", "test"):
@@ -320,4 +330,9 @@ def write_prepared(out_dir: Path, decoded: Decoded, splits: dict[str, np.ndarray
             sizes[name] = len(splits[name])
         (tmp / paths.LABELS_FILE).write_text(json.dumps(labels, ensure_ascii=False, indent=1) + "\n",
                                              encoding="utf-8")
+        files = {p.name: md5_file(p) for p in sorted(tmp.iterdir()) if p.name != "x_train.npy"}
+        files["x_train.npy"] = fingerprint.hexdigest()
+        manifest = {"files": dict(sorted(files.items())),
+                    "x_train.npy": f"md5 of its header and of the md5 of each {CHUNK}-image chunk"}
+        (tmp / paths.MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return sizes

@@ -31,6 +31,7 @@ REPORT_HTML = REPORTS / "report.html"
 
 # File names inside PREPARED_DIR.
 LABELS_FILE = "labels.json"
+MANIFEST_FILE = "manifest.json"
 SPLITS = ("train", "val", "test")
 
 

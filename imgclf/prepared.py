@@ -34,3 +34,12 @@ def load_prepared(folder: Path, mmap: bool = True) -> Prepared:
     except FileNotFoundError as err:
         raise PipelineError(f"{err.filename} is missing: run the augment stage first (dvc repro)") from None
     return Prepared(labels=labels, x=x, y=y)
+
+
+def fingerprint(folder: Path) -> str:
+    """MD5 identifying a prepared dataset: of its manifest (see ``write_prepared``), or of all
+    its files when it has none."""
+    from imgclf.fileio import md5_file, md5_tree
+
+    manifest = folder / paths.MANIFEST_FILE
+    return md5_file(manifest) if manifest.is_file() else md5_tree(folder)

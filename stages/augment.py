@@ -15,7 +15,8 @@ from pathlib import Path
 
 from imgclf import dataset, paths, tracking
 from imgclf.cli import main
-from imgclf.fileio import md5_tree, write_json, write_text
+from imgclf.fileio import write_json, write_text
+from imgclf.prepared import fingerprint
 from imgclf.params import load
 
 log = logging.getLogger("augment")
@@ -25,6 +26,7 @@ def run() -> None:
     p = load(paths.PARAMS)
     started = time.perf_counter()
     src = dataset.scan(paths.resolve(p.data.source), p.data.labels)
+    dataset.preload_split()
     with tracking.run("augment", p.mlflow.experiment,
                       params={"base": p.section("base"), "data": p.section("data"),
                               "augment": p.section("augment")}, defer=True) as active:
@@ -37,13 +39,12 @@ def run() -> None:
                                      imap=imap, progress=progress)
             splits = dataset.split_indices(decoded.y, p.data.test_size, p.data.val_size, p.base.seed,
                                            src.labels)
-            digests: dict[str, str] = {}
             sizes = dataset.write_prepared(paths.PREPARED_DIR, decoded, splits, src.labels, p.augment.angles,
                                            p.augment.flip, imap=imap, progress=progress,
-                                           resample=p.augment.resample, digests=digests)
+                                           resample=p.augment.resample)
             y, skipped = decoded.y, decoded.skipped
             del decoded  # unmap the scratch file before its folder goes
-        data_md5 = md5_tree(paths.PREPARED_DIR, known=digests)
+        data_md5 = fingerprint(paths.PREPARED_DIR)
         per_class = {label: int((y == k).sum()) for k, label in enumerate(src.labels)}
         report = {
             "classes": len(src.labels),

@@ -9,13 +9,13 @@ import logging
 import os
 
 from imgclf import paths, tracking
-from imgclf.prepared import load_prepared
+from imgclf.prepared import fingerprint, load_prepared
 from imgclf.cli import main
 from imgclf.errors import PipelineError
 from imgclf.evaluation import (confusion_rows_csv, html_report, per_class_metrics, plot_confusion, plot_history,
                                plot_misclassified, score)
 from imgclf.history import read_history_csv
-from imgclf.fileio import atomic_path, md5_file, md5_tree, write_json, write_text
+from imgclf.fileio import atomic_path, md5_file, write_json, write_text
 from imgclf.params import flatten, load
 
 log = logging.getLogger("evaluate")
@@ -29,7 +29,7 @@ def run() -> None:
     data = load_prepared(paths.PREPARED_DIR)
     if not paths.MODEL.is_file():
         raise PipelineError(f"{paths.MODEL} is missing: run the train stage first (dvc repro)")
-    fingerprints = {tracking.TAG_DATA_MD5: md5_tree(paths.PREPARED_DIR),
+    fingerprints = {tracking.TAG_DATA_MD5: fingerprint(paths.PREPARED_DIR),
                     tracking.TAG_MODEL_MD5: md5_file(paths.MODEL)}
     shaping = {name: p.section(name) for name in ("base", "data", "augment", "train")}
     with tracking.run(tracking.PIPELINE, p.mlflow.experiment, params=shaping, tags=fingerprints,

@@ -6,10 +6,10 @@ import time
 
 from imgclf import paths, tracking
 from imgclf.cli import main
-from imgclf.fileio import atomic_path, md5_file, md5_tree, write_json, write_text
+from imgclf.fileio import atomic_path, md5_file, write_json, write_text
 from imgclf.history import history_csv
 from imgclf.params import load
-from imgclf.prepared import load_prepared
+from imgclf.prepared import fingerprint, load_prepared
 
 log = logging.getLogger("train")
 
@@ -17,7 +17,7 @@ log = logging.getLogger("train")
 def run() -> None:
     p = load(paths.PARAMS)
     data = load_prepared(paths.PREPARED_DIR)
-    data_md5 = md5_tree(paths.PREPARED_DIR)
+    data_md5 = fingerprint(paths.PREPARED_DIR)
     with tracking.run("train", p.mlflow.experiment, params={"base": p.section("base"), "train": p.section("train")},
                       tags={tracking.TAG_DATA_MD5: data_md5}, defer=True) as active:
         from imgclf.model import build_model, fit, make_strategy, seed_everything, set_precision

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -120,10 +121,10 @@ def _prepare(src_dir: Path, out_dir: Path, seed: int = 0, workers: int = 1):
     with dataset.worker_pool(workers) as imap:
         decoded = dataset.decode(src, 16, scratch, imap=imap)
         splits = dataset.split_indices(decoded.y, 0.25, 0.2, seed, src.labels)
-        digests: dict[str, str] = {}
-        sizes = dataset.write_prepared(out_dir, decoded, splits, src.labels, [-10, 0, 10], True, imap=imap,
-                                       digests=digests)
-    assert digests == {"x_train.npy": md5_file(out_dir / "x_train.npy")}
+        sizes = dataset.write_prepared(out_dir, decoded, splits, src.labels, [-10, 0, 10], True, imap=imap)
+    manifest = json.loads((out_dir / "manifest.json").read_text())["files"]
+    assert sorted(manifest) == sorted(p.name for p in out_dir.iterdir() if p.name != "manifest.json")
+    assert manifest["y_train.npy"] == md5_file(out_dir / "y_train.npy")
     return decoded, splits, sizes
 
 
