@@ -294,6 +294,7 @@ def write_prepared(out_dir: Path, decoded: Decoded, splits: dict[str, np.ndarray
     are filled in place through memory maps, so none needs to fit in RAM; with ``imap`` from
     :func:`worker_pool`, processes augment in parallel, each writing its own slots, so the bytes
     do not depend on their number.
+
     Also writes ``manifest.json``: the MD5 of every file, where the large ``x_train.npy`` gets
     the MD5 of its header and of the MD5s its workers computed chunk by chunk as they wrote it
     (reading 0.7 GB again to hash it took as long as augmenting it). Returns the number of
