@@ -198,6 +198,19 @@ def context_tags(stage: str) -> dict[str, str]:
     return tags
 
 
+@contextlib.contextmanager
+def _outcome(status: list[str]) -> Iterator[None]:
+    """Set ``status[0]`` to how the block ended: KILLED (Ctrl-C, SIGTERM), FAILED or as it was."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        status[0] = "KILLED"
+        raise
+    except BaseException:
+        status[0] = "FAILED"
+        raise
+
+
 _deferred: list["DeferredRun"] = []
 
 
@@ -275,38 +288,28 @@ def run(stage: str, experiment: str, params: dict[str, Any] | None = None,
                                   nested=parent_run_id is not None)
         if params:
             mlflow.log_params(flatten(params))
-    status = "FINISHED"
+    status = ["FINISHED"]
     try:
-        yield active
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except BaseException:
-        status = "FAILED"
-        raise
+        with _outcome(status):
+            yield active
     finally:
         with _timed():
-            mlflow.end_run(status)
+            mlflow.end_run(status[0])
 
 
 @contextlib.contextmanager
 def _deferred_run(handle: DeferredRun) -> Iterator[DeferredRun]:
     _deferred.append(handle)
-    status = "FINISHED"
+    status = ["FINISHED"]
     try:
-        yield handle
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except BaseException:
-        status = "FAILED"
-        raise
+        with _outcome(status):
+            yield handle
     finally:
         _deferred.remove(handle)
         try:
             handle.ready()
         except BaseException as err:
-            if status == "FINISHED":
+            if status[0] == "FINISHED":
                 raise
             # The stage's own failure is the news; don't let the tracking one mask it.
             log.warning("the %s run could not be recorded in MLflow: %s", handle.stage, err)
@@ -314,7 +317,7 @@ def _deferred_run(handle: DeferredRun) -> Iterator[DeferredRun]:
             import mlflow  # only now: an import here at the start would wait for the thread's
 
             with _timed():
-                mlflow.end_run(status)
+                mlflow.end_run(status[0])
 
 
 def find_stage_run(experiment_id: str, stage: str, tag: str, value: str):

@@ -1,11 +1,16 @@
 """Shared fixtures: tiny deterministic image folders and shrunk params."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +140,42 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
     p = make_project(tmp_path_factory.mktemp("project"), {"mlflow": {"register": True}})
     p.first = p.sh("dvc", "repro")
     return p
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(backend: str, cwd: Path, env: dict, *extra: str, timeout: float = 120) -> Iterator[str]:
+    """A real `mlflow server` on loopback (one worker) until the block ends; yields its URL."""
+    port = free_port()
+    log = cwd / f"mlflow-server-{port}.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1", "--backend-store-uri", backend, *extra],
+            cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow server on {backend} did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -10,26 +10,17 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from .conftest import make_project
+from .conftest import free_port, make_project, mlflow_server
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bin() -> Path:
@@ -57,7 +48,7 @@ def postgres(tmp_path_factory):
     data.mkdir()
     if os.geteuid() == 0:
         shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
+    port = free_port()
     subprocess.run(_as_db_user([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                                 "-E", "UTF8"]), check=True, capture_output=True)
     subprocess.run(_as_db_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-w",
@@ -76,32 +67,9 @@ def postgres(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tracking_server(postgres: str, tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", postgres, "--artifacts-destination", str(root / "artifacts")],
-        cwd=root, stdout=log, stderr=subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"mlflow server on PostgreSQL did not start:\n{(root / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield url, root / "artifacts"
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    with mlflow_server(postgres, root, env, "--artifacts-destination", str(root / "artifacts")) as url:
+        yield url, root / "artifacts"
 
 
 def _api(url: str, endpoint: str, body: dict | None = None, **query) -> dict:

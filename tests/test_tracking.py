@@ -87,3 +87,25 @@ def test_linking_reparents_fresh_runs_and_copies_cached_ones(mlflow_store: str):
     assert run.data.metrics == {"images": 30.0}
     # The original stays under the first pipeline.
     assert mlflow.get_run(source.info.run_id).data.tags[tracking.TAG_PARENT] == first.info.run_id
+
+
+def test_deferred_run_keeps_its_start_time_params_and_failure(mlflow_store: str):
+    import time
+
+    before = int(time.time() * 1000)
+    with pytest.raises(RuntimeError):
+        with tracking.run("augment", EXP, params={"data": {"image_size": 16}}, defer=True):
+            time.sleep(0.3)  # the stage's work, while the store opens in the background
+            raise RuntimeError("boom")
+    (run,) = _runs("augment")
+    assert run.info.status == "FAILED"
+    assert before <= run.info.start_time < before + 250
+    assert run.data.params == {"data.image_size": "16"}
+
+
+def test_deferred_run_reports_a_dead_server_when_first_used(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(PipelineError, match="127.0.0.1:9"):
+        with tracking.run("train", EXP, defer=True) as active:
+            active.ready()

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Project
+from .conftest import ROOT, Project, mlflow_server
 
 pytestmark = pytest.mark.slow
 
@@ -34,40 +30,11 @@ def _chromium() -> str:
                 ".ci/run does this. The browser test cannot run without it.")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(project: Project, tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "mlflow-server.log"
-    fh = open(log, "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{project.root / 'mlflow.db'}"],
-        cwd=project.root, env=project.env, stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"mlflow server did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with mlflow_server(f"sqlite:///{project.root / 'mlflow.db'}", tmp_path_factory.mktemp("server"),
+                       project.env) as url:
+        yield url
 
 
 def _browse(url: str, shot: Path, profile: Path) -> str:
