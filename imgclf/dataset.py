@@ -42,14 +42,13 @@ class Decoded:
     """Decoded originals, in a memory-mapped scratch file, plus what had to be skipped.
 
     ``x`` has a row per scanned file; ``rows`` lists the rows that hold a usable image, and
-    ``y``/``files`` follow ``rows``. Position ``i`` (as in :func:`split_indices`) is
+    ``y`` follows ``rows``. Position ``i`` (as in :func:`split_indices`) is
     ``x[rows[i]]``.
     """
 
     x: np.ndarray
     rows: np.ndarray
     y: np.ndarray
-    files: list[Path]
     skipped: list[tuple[Path, str]]
     path: Path
 
@@ -189,7 +188,7 @@ def decode(src: Source, image_size: int, scratch_dir: Path, on_bad_image: str = 
         raise PipelineError(f"class folder(s) {empty} under {src.root} have no usable image: add "
                             "images or remove the folder (or its entry in data.labels)")
     return Decoded(x=np.load(path, mmap_mode="r"), rows=np.asarray(rows, dtype=np.int64), y=y,
-                   files=[src.files[i] for i in rows], skipped=skipped, path=path)
+                   skipped=skipped, path=path)
 
 
 def label_dtype(n_classes: int) -> np.dtype:

@@ -64,18 +64,14 @@ def md5_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def md5_tree(path: Path, known: dict[str, str] | None = None) -> str:
-    """MD5 of a file, or of a folder as the sorted list of its files' names and MD5s.
-
-    ``known`` maps relative names to MD5s already computed (while the file was written).
-    """
+def md5_tree(path: Path) -> str:
+    """MD5 of a file, or of a folder as the sorted list of its files' names and MD5s."""
     path = Path(path)
     if path.is_file():
         return md5_file(path)
-    known = known or {}
     lines = []
     for p in sorted(path.rglob("*")):
         if p.is_file():
             name = p.relative_to(path).as_posix()
-            lines.append(f"{name}:{known.get(name) or md5_file(p)}\n")
+            lines.append(f"{name}:{md5_file(p)}\n")
     return hashlib.md5("".join(lines).encode("utf-8")).hexdigest()

@@ -24,12 +24,11 @@ class Prepared:
     y: dict[str, np.ndarray]
 
 
-def load_prepared(folder: Path, mmap: bool = True) -> Prepared:
-    """Read what :func:`write_prepared` wrote (never unpickling anything)."""
+def load_prepared(folder: Path) -> Prepared:
+    """Read what ``write_prepared`` wrote, images memory-mapped (never unpickling anything)."""
     try:
         labels = json.loads((folder / paths.LABELS_FILE).read_text(encoding="utf-8"))
-        mode = "r" if mmap else None
-        x = {s: np.load(folder / f"x_{s}.npy", mmap_mode=mode, allow_pickle=False) for s in paths.SPLITS}
+        x = {s: np.load(folder / f"x_{s}.npy", mmap_mode="r", allow_pickle=False) for s in paths.SPLITS}
         y = {s: np.load(folder / f"y_{s}.npy", allow_pickle=False) for s in paths.SPLITS}
     except FileNotFoundError as err:
         raise PipelineError(f"{err.filename} is missing: run the augment stage first (dvc repro)") from None
