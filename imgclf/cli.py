@@ -6,6 +6,7 @@ code 2; Ctrl-C or SIGTERM with 130; anything else with a one-line summary and ex
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -77,4 +78,27 @@ def describe_os_error(err: OSError) -> str:
 
 
 def main(name: str, body: Callable[[], None]) -> None:
-    sys.exit(run_stage(name, body))
+    """Run a stage as a program, then leave without Python's slow teardown.
+
+    Freeing every object of every imported module one by one took 0.5-0.8 s after MLflow's
+    store had been used; the OS reclaims a process's memory at once. Everything Python would
+    do that matters still happens first: other threads are joined, the exit handlers run (so
+    MLflow closes its runs and queues) and the standard streams are flushed.
+    """
+    code = run_stage(name, body)
+    exit_fast(code)
+
+
+def exit_fast(code: int) -> None:
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

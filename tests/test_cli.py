@@ -43,3 +43,37 @@ def test_full_disk_names_the_file_and_what_to_do(capsys):
     assert run_stage("train", _raise(err)) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == "error: train: cannot write models/model.h5: the disk is full: free some space, then rerun"
+
+
+@pytest.mark.parametrize("code", [0, 2])
+def test_fast_exit_still_joins_threads_runs_exit_handlers_and_flushes(tmp_path, code):
+    """``main`` skips Python's teardown, but not what a stage's libraries rely on at exit."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = f"""
+import atexit, sys, threading, time
+from pathlib import Path
+from imgclf.cli import main
+from imgclf.errors import PipelineError
+
+def late_write():
+    time.sleep(0.3)
+    Path({str(tmp_path / 'thread.txt')!r}).write_text("joined")
+
+def body():
+    atexit.register(lambda: Path({str(tmp_path / 'atexit.txt')!r}).write_text("ran"))
+    threading.Thread(target=late_write).start()
+    sys.stdout.write("buffered, no newline")
+    if {code}:
+        raise PipelineError("bad")
+
+main("demo", body)
+"""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == code
+    assert proc.stdout == "buffered, no newline"
+    assert (tmp_path / "thread.txt").read_text() == "joined"
+    assert (tmp_path / "atexit.txt").read_text() == "ran"

@@ -125,7 +125,18 @@ def _prepare(src_dir: Path, out_dir: Path, seed: int = 0, workers: int = 1):
     manifest = json.loads((out_dir / "manifest.json").read_text())["files"]
     assert sorted(manifest) == sorted(p.name for p in out_dir.iterdir() if p.name != "manifest.json")
     assert manifest["y_train.npy"] == md5_file(out_dir / "y_train.npy")
+    assert manifest["x_train.npy"] == _x_train_digest(out_dir / "x_train.npy", copies=6)
     return decoded, splits, sizes
+
+
+def _x_train_digest(path: Path, copies: int) -> str:
+    """What the manifest should hold for x_train, recomputed from the file as written."""
+    x = np.load(path, mmap_mode="r")
+    digest = hashlib.md5(path.read_bytes()[:x.offset])
+    rows = dataset.CHUNK * copies
+    for start in range(0, len(x), rows):
+        digest.update(hashlib.sha1(np.ascontiguousarray(x[start:start + rows])).digest())
+    return digest.hexdigest()
 
 
 def test_split_happens_before_augmentation(class_folders: Path, tmp_path: Path):
