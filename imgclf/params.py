@@ -79,16 +79,8 @@ class TrainParams(_Section):
     batch_size: int = Field(32, ge=1)
     epochs: int = Field(5, ge=1)
     mixed_precision: Literal["auto", "off", "bfloat16", "float16"] = "auto"
-    strategy: Literal["default", "mirrored"] = "default"
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     deterministic: bool = True
-
-    @field_validator("strategy", mode="before")
-    @classmethod
-    def _no_multi_worker(cls, v: Any) -> Any:
-        if v == "multi_worker":
-            raise ValueError("multi_worker is not available: Keras 3's model.fit does not run under "
-                             "MultiWorkerMirroredStrategy (keras-team/keras#20585); use 'mirrored'")
-        return v
 
     @field_validator("conv_filters")
     @classmethod

@@ -1,4 +1,8 @@
-"""Stage ``train``: fit the CNN on ``data/prepared`` and save it as ``models/model.h5``."""
+"""Stage ``train``: fit the CNN on ``data/prepared`` and save it as ``models/model.h5``.
+
+With ``train.strategy: multi_worker`` the same command runs on every worker of the
+``TF_CONFIG`` cluster; only the chief (worker 0) writes the outputs and logs to MLflow.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,8 +12,8 @@ from imgclf import paths, tracking
 from imgclf.cli import main
 from imgclf.fileio import atomic_path, md5_file, write_json, write_text
 from imgclf.history import history_csv
-from imgclf.params import load
-from imgclf.prepared import fingerprint, load_prepared
+from imgclf.params import Params, load
+from imgclf.prepared import Prepared, fingerprint, load_prepared
 
 log = logging.getLogger("train")
 
@@ -17,14 +21,19 @@ log = logging.getLogger("train")
 def run() -> None:
     p = load(paths.PARAMS)
     data = load_prepared(paths.PREPARED_DIR)
+    from imgclf.model import is_chief
+
+    if p.train.strategy == "multi_worker" and not is_chief():
+        train_worker(p, data)
+        return
     data_md5 = fingerprint(paths.PREPARED_DIR)
     with tracking.run("train", p.mlflow.experiment, params={"base": p.section("base"), "train": p.section("train")},
                       tags={tracking.TAG_DATA_MD5: data_md5}, defer=True) as active:
         from imgclf.model import build_model, fit, make_strategy, seed_everything, set_precision
 
+        strategy = make_strategy(p.train.strategy)  # first: a multi-worker one sets TensorFlow up
         seed_everything(p.base.seed, p.train.deterministic)
         policy = set_precision(p.train.mixed_precision)
-        strategy = make_strategy(p.train.strategy)
         x_train, image_size = data.x["train"], data.x["train"].shape[1]
         with strategy.scope():
             model = build_model(image_size, len(data.labels), p.train)
@@ -38,7 +47,7 @@ def run() -> None:
 
         started = time.perf_counter()
         history = fit(model, x_train, data.y["train"], data.x["val"], data.y["val"], p.train,
-                      p.base.seed, on_epoch=on_epoch)
+                      p.base.seed, on_epoch=on_epoch, strategy=strategy)
         seconds = time.perf_counter() - started
 
         with atomic_path(paths.MODEL) as tmp:
@@ -60,6 +69,24 @@ def run() -> None:
                                                           "mlflow_background_cpu_seconds")})
         log.info("trained %d epochs in %.1f s (%s) [run %s]", p.train.epochs, seconds,
                  ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if "accuracy" in k), active.info.run_id)
+
+
+
+def train_worker(p: Params, data: Prepared) -> None:
+    """A non-chief worker's part: the same training steps, no outputs, no MLflow run."""
+    from imgclf.model import build_model, fit, make_strategy, seed_everything, set_precision, tf_config
+
+    task = tf_config()["task"]
+    strategy = make_strategy(p.train.strategy)
+    seed_everything(p.base.seed, p.train.deterministic)
+    set_precision(p.train.mixed_precision)
+    with strategy.scope():
+        model = build_model(data.x["train"].shape[1], len(data.labels), p.train)
+    log.info("%s %s of %d replicas: training; the chief writes the model and logs the run",
+             task["type"], task["index"], strategy.num_replicas_in_sync)
+    history = fit(model, data.x["train"], data.y["train"], data.x["val"], data.y["val"], p.train, p.base.seed,
+                  strategy=strategy)
+    log.info("%s %s done after %d epochs", task["type"], task["index"], len(history))
 
 
 if __name__ == "__main__":

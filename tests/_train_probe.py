@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def main() -> None:
     strategy_name = sys.argv[1]
-    from imgclf.model import build_model, fit, make_strategy, seed_everything
+    from imgclf.model import build_model, fit, is_chief, make_strategy, seed_everything
 
     strategy = make_strategy(strategy_name)
     from imgclf.params import TrainParams
@@ -37,11 +37,22 @@ def main() -> None:
     with strategy.scope():
         model = build_model(16, 3, p)
     start = time.perf_counter()
-    fit(model, x_train, y_train, x_test[:0], y_test[:0], p, seed=0)
+    history = fit(model, x_train, y_train, x_test[:0], y_test[:0], p, seed=0, strategy=strategy)
     seconds = time.perf_counter() - start
     accuracy = float((model.predict(x_test, verbose=0).argmax(1) == y_test).mean())
     print(json.dumps({"strategy": strategy_name, "replicas": strategy.num_replicas_in_sync,
-                      "accuracy": accuracy, "seconds": seconds}), flush=True)
+                      "chief": is_chief(), "accuracy": accuracy, "seconds": seconds,
+                      "train_accuracy": history[-1]["accuracy"], "epochs": len(history),
+                      "weights_md5": weights_md5(model)}), flush=True)
+
+
+def weights_md5(model) -> str:
+    import hashlib
+
+    digest = hashlib.md5()
+    for w in model.get_weights():
+        digest.update(np.ascontiguousarray(w).tobytes())
+    return digest.hexdigest()
 
 
 if __name__ == "__main__":

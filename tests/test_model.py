@@ -1,6 +1,7 @@
 """The CNN: the seed's shapes, raw uint8 input, .h5 round trip and repeatable training."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +106,46 @@ def test_precision_setting():
     assert resolve_precision("off") == "float32"
     assert resolve_precision("bfloat16") == "mixed_bfloat16"
     assert resolve_precision("auto") in ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_shards_split_the_rows_between_workers_and_repeat_reshuffled(tmp_path: Path, streamed: bool):
+    from imgclf.model import make_dataset
+
+    x, y = _data(n=30)
+    np.save(tmp_path / "x.npy", x)
+    source = np.load(tmp_path / "x.npy", mmap_mode="r") if streamed else x
+    shares = []
+    for index in range(2):
+        ds = make_dataset(source, y, 5, shuffle=True, seed=1, shard=(2, index), repeat=True)
+        batches = [b for _, b in zip(range(6), ds.as_numpy_iterator())]  # two passes of 15 rows
+        first, second = np.concatenate([b[0] for b in batches[:3]]), np.concatenate([b[0] for b in batches[3:]])
+        assert sorted(map(bytes, first)) == sorted(map(bytes, second))  # the same rows each pass
+        assert not np.array_equal(first, second)  # in a new order
+        shares.append(sorted(map(bytes, first)))
+    assert not set(shares[0]) & set(shares[1])
+    assert sorted(shares[0] + shares[1]) == sorted(map(bytes, x))
+
+
+def test_tf_config_is_checked_and_names_the_chief(monkeypatch: pytest.MonkeyPatch):
+    from imgclf.errors import PipelineError
+    from imgclf.model import is_chief, make_strategy, tf_config
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert is_chief()
+    with pytest.raises(PipelineError, match="TF_CONFIG is not set"):
+        make_strategy("multi_worker")
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    for task, chief in [({"type": "worker", "index": 0}, True), ({"type": "worker", "index": 1}, False)]:
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+        assert is_chief() is chief
+        assert tf_config()["task"] == task
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {**cluster, "chief": ["127.0.0.1:3"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    assert not is_chief()
+    for bad, fragment in [("{not json", "TF_CONFIG is not valid"),
+                          (json.dumps({"task": {"type": "worker", "index": 0}}), "TF_CONFIG is not valid"),
+                          (json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 2}}), "is not in its cluster")]:
+        monkeypatch.setenv("TF_CONFIG", bad)
+        with pytest.raises(PipelineError, match=fragment):
+            tf_config()
