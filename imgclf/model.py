@@ -238,7 +238,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, s
             ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
         if repeat:
             ds = ds.repeat()
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return _fixed(ds.batch(batch_size).prefetch(2))
 
     rows = NpyRows(x)
     shape = (None,) + tuple(x.shape[1:])
@@ -261,7 +261,18 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, s
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size).map(load_tf, num_parallel_calls=2, deterministic=True)
-    return ds.prefetch(4)
+    return _fixed(ds.prefetch(4))
+
+
+def _fixed(ds):
+    """``ds`` without tf.data's autotuning: its buffers and parallelism here are set by hand, and
+    its tuning thread made deleting an iterator (every epoch's end in ``model.fit``) wait for
+    the rest of its sleep, up to a minute, with the CPU idle (TF 2.21)."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
 
 
 def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
