@@ -11,8 +11,10 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,17 +131,103 @@ def default_workers() -> int:
 def worker_pool(workers: int) -> Iterator[Callable]:
     """An order-preserving ``map`` over ``workers`` processes (the builtin ``map`` for 1).
 
-    One pool serves both decoding and augmenting, so its start-up is paid once. Workers are
-    forked while this process has a single thread (no import to redo: about 0.15 s of CPU each)
-    and spawned otherwise, since a fork copies locks that other threads (MLflow's, an import
-    under way) may hold.
+    One pool serves both decoding and augmenting, so its start-up is paid once. Task ``i`` of
+    a map goes to worker ``i % workers``, and each worker gets its whole share at once through a
+    pipe of its own: no queue shared between processes, so a worker that dies (SIGTERM, out of
+    memory) makes the map raise instead of hanging (``multiprocessing.Pool`` deadlocked when a
+    killed worker held its queue's lock), and workers never wait for this process to hand them
+    work (``ProcessPoolExecutor`` feeds them from a thread that needs the GIL, which MLflow's
+    and scikit-learn's imports hold here). An exception in a task is raised here.
+
+    Workers are forked while this process has a single thread (no import to redo: about 0.15 s
+    of CPU each) and spawned otherwise, since a fork copies locks that other threads (MLflow's,
+    an import under way) may hold.
     """
     if workers <= 1:
         yield map
         return
     method = "fork" if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers) as pool:
-        yield pool.imap
+    context = multiprocessing.get_context(method)
+    procs: list[tuple[Any, Any, Any]] = []
+    broken: list[str] = []
+
+    def imap(fn: Callable, tasks) -> Iterator:
+        if broken:
+            raise RuntimeError(broken[0])
+        tasks = list(tasks)
+        for k, (_, send, _) in enumerate(procs):
+            send.send((fn, tasks[k::len(procs)]))
+        received = 0
+        try:
+            for i in range(len(tasks)):
+                proc, _, receive = procs[i % len(procs)]
+                try:
+                    ok, value = receive.recv()
+                except EOFError:
+                    raise RuntimeError(f"worker process {proc.pid} died (exit code {proc.exitcode}); see "
+                                       "the messages above, e.g. the system running out of memory") from None
+                received += 1
+                if not ok:
+                    raise value
+                yield value
+        finally:
+            if received < len(tasks):  # results still on their way: the pool cannot be reused
+                broken.append("worker pool abandoned after a failed or unfinished map")
+                _kill(procs)
+
+    try:
+        for _ in range(workers):
+            task_out, task_in = context.Pipe(duplex=False)
+            result_out, result_in = context.Pipe(duplex=False)
+            proc = context.Process(target=_serve, args=(task_out, result_in), daemon=True)
+            proc.start()
+            task_out.close()
+            result_in.close()
+            procs.append((proc, task_in, result_out))
+        yield imap
+    except BaseException:
+        _kill(procs)
+        raise
+    finally:
+        for proc, send, receive in procs:
+            with contextlib.suppress(OSError):
+                send.send(None)
+            send.close()
+        for proc, send, receive in procs:
+            proc.join()
+            receive.close()
+
+
+def _kill(procs: list) -> None:
+    for proc, _, _ in procs:
+        if proc.is_alive():
+            proc.kill()
+
+
+def _serve(tasks_in, results_out) -> None:
+    """A worker's loop: run each share of tasks it is sent, sending back (ok, result) pairs."""
+    _worker_signals()
+    while True:
+        try:
+            job = tasks_in.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        fn, tasks = job
+        for task in tasks:
+            try:
+                reply = (True, fn(task))
+            except Exception as err:  # raised in the parent, as the pool's user expects
+                reply = (False, err)
+            results_out.send(reply)
+
+
+def _worker_signals() -> None:
+    """In a worker: SIGTERM ends it at once, and Ctrl-C is left to the parent, which stops the
+    pool (a forked worker would otherwise inherit the stage's handlers)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _decode_chunk(task: tuple[str, int, list[Path], int]) -> list[str | None]:

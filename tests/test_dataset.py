@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,32 @@ def test_more_images_scale(tmp_path: Path):
     root = make_class_folders(tmp_path / "jpgs", per_class=5, size=40, fmt="jpg")
     decoded = dataset.decode(dataset.scan(root), 16, tmp_path)
     assert decoded.originals(np.arange(15)).shape == (15, 16, 16, 3)
+
+
+def _square_or_fail(n: int) -> int:
+    if n == 13:
+        raise OSError(28, "No space left on device", "x_train.npy")
+    if n == -1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return n * n
+
+
+def test_worker_pool_keeps_order_and_raises_task_errors():
+    with dataset.worker_pool(3) as imap:
+        assert list(imap(_square_or_fail, range(14, 64))) == [n * n for n in range(14, 64)]
+        assert list(imap(_square_or_fail, [3, 4])) == [9, 16]  # the pool serves map after map
+        with pytest.raises(OSError) as err:
+            list(imap(_square_or_fail, range(20)))
+        assert err.value.errno == 28 and err.value.filename == "x_train.npy"
+        with pytest.raises(RuntimeError, match="abandoned"):
+            list(imap(_square_or_fail, [1]))
+
+
+def test_worker_pool_raises_when_a_worker_dies():
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="died"):
+        with dataset.worker_pool(2) as imap:
+            list(imap(_square_or_fail, [1, 2, 3, -1, 5, 6]))
+    assert time.perf_counter() - start < 60  # and no hang
