@@ -14,9 +14,9 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -427,8 +427,8 @@ def write_prepared(out_dir: Path, decoded: Decoded, splits: dict[str, np.ndarray
         with open(train_path, "rb") as fh:
             fingerprint = hashlib.md5(fh.read(offset))
         with tqdm(total=len(rows), desc="augment", unit="img", disable=not progress) as bar:
-            for done, chunk_md5 in imap(_augment_chunk, tasks):
-                fingerprint.update(bytes.fromhex(chunk_md5))
+            for done, chunk_sha1 in imap(_augment_chunk, tasks):
+                fingerprint.update(bytes.fromhex(chunk_sha1))
                 bar.update(done)
         np.save(tmp / "y_train.npy", np.repeat(decoded.y[splits["train"]], copies))
         sizes["train"] = shape[0]

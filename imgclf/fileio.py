@@ -69,9 +69,6 @@ def md5_tree(path: Path) -> str:
     path = Path(path)
     if path.is_file():
         return md5_file(path)
-    lines = []
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            name = p.relative_to(path).as_posix()
-            lines.append(f"{name}:{md5_file(p)}\n")
+    lines = [f"{p.relative_to(path).as_posix()}:{md5_file(p)}\n"
+             for p in sorted(path.rglob("*")) if p.is_file()]
     return hashlib.md5("".join(lines).encode("utf-8")).hexdigest()

@@ -232,12 +232,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, s
     labels = np.asarray(y, dtype=np.int32)
     if not _streamable(x):
         ds = tf.data.Dataset.from_tensor_slices((np.asarray(x), labels))
-        if shard:
-            ds = ds.shard(*shard)
-        if shuffle:
-            ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            ds = ds.repeat()
+        ds = _order(ds, len(labels), shard, shuffle, seed, repeat)
         return _fixed(ds.batch(batch_size).prefetch(2))
 
     rows = NpyRows(x)
@@ -253,15 +248,18 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, s
         targets.set_shape((None,))
         return images, targets
 
-    ds = tf.data.Dataset.range(len(labels))
+    ds = _order(tf.data.Dataset.range(len(labels)), len(labels), shard, shuffle, seed, repeat)
+    ds = ds.batch(batch_size).map(load_tf, num_parallel_calls=2, deterministic=True)
+    return _fixed(ds.prefetch(4))
+
+
+def _order(ds, n: int, shard: tuple[int, int] | None, shuffle: bool, seed: int, repeat: bool):
+    """Which of ``ds``'s ``n`` elements, in what order: this worker's share, shuffled, endless."""
     if shard:
         ds = ds.shard(*shard)
     if shuffle:
-        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size).map(load_tf, num_parallel_calls=2, deterministic=True)
-    return _fixed(ds.prefetch(4))
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    return ds.repeat() if repeat else ds
 
 
 def _fixed(ds):

@@ -265,9 +265,8 @@ class DeferredRun:
             self._thread.join()
             if "error" in self._result:
                 raise self._result["error"]
-            import mlflow
+            import mlflow  # _setup has pointed it at the store, for the whole process
 
-            mlflow.set_tracking_uri(tracking_uri())
             os.environ.pop("MLFLOW_RUN_ID", None)
             tags = {**context_tags(self.stage), **self.tags}
             created = mlflow.MlflowClient().create_run(self._result["experiment_id"], start_time=self.started_ms,

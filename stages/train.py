@@ -29,14 +29,10 @@ def run() -> None:
     data_md5 = fingerprint(paths.PREPARED_DIR)
     with tracking.run("train", p.mlflow.experiment, params={"base": p.section("base"), "train": p.section("train")},
                       tags={tracking.TAG_DATA_MD5: data_md5}, defer=True) as active:
-        from imgclf.model import build_model, fit, make_strategy, seed_everything, set_precision
+        from imgclf.model import fit
 
-        strategy = make_strategy(p.train.strategy)  # first: a multi-worker one sets TensorFlow up
-        seed_everything(p.base.seed, p.train.deterministic)
-        policy = set_precision(p.train.mixed_precision)
-        x_train, image_size = data.x["train"], data.x["train"].shape[1]
-        with strategy.scope():
-            model = build_model(image_size, len(data.labels), p.train)
+        strategy, policy, model = prepare_model(p, data)
+        x_train = data.x["train"]
         active.ready()  # the store must work before hours of training, not after
         tracking.log_param("model.dtype_policy", policy)
         tracking.log_param("model.parameters", model.count_params())
@@ -71,17 +67,24 @@ def run() -> None:
                  ", ".join(f"{k}={v:.4f}" for k, v in summary.items() if "accuracy" in k), active.info.run_id)
 
 
+def prepare_model(p: Params, data: Prepared):
+    """The strategy, the dtype policy and the compiled model, built under the strategy."""
+    from imgclf.model import build_model, make_strategy, seed_everything, set_precision
+
+    strategy = make_strategy(p.train.strategy)  # first: a multi-worker one sets TensorFlow up
+    seed_everything(p.base.seed, p.train.deterministic)
+    policy = set_precision(p.train.mixed_precision)
+    with strategy.scope():
+        model = build_model(data.x["train"].shape[1], len(data.labels), p.train)
+    return strategy, policy, model
+
 
 def train_worker(p: Params, data: Prepared) -> None:
     """A non-chief worker's part: the same training steps, no outputs, no MLflow run."""
-    from imgclf.model import build_model, fit, make_strategy, seed_everything, set_precision, tf_config
+    from imgclf.model import fit, tf_config
 
     task = tf_config()["task"]
-    strategy = make_strategy(p.train.strategy)
-    seed_everything(p.base.seed, p.train.deterministic)
-    set_precision(p.train.mixed_precision)
-    with strategy.scope():
-        model = build_model(data.x["train"].shape[1], len(data.labels), p.train)
+    strategy, _, model = prepare_model(p, data)
     log.info("%s %s of %d replicas: training; the chief writes the model and logs the run",
              task["type"], task["index"], strategy.num_replicas_in_sync)
     history = fit(model, data.x["train"], data.y["train"], data.x["val"], data.y["val"], p.train, p.base.seed,
