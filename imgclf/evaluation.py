@@ -9,8 +9,6 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from imgclf.tracking import metric_key
-
 # Keras clips probabilities the same way in its cross-entropy.
 _EPS = 1e-7
 
@@ -39,7 +37,7 @@ def score(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str,
 
 def per_class_metrics(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
     """``{"cats": {"recall": .9}}`` -> ``{"test_recall_cats": .9}`` for side-by-side comparison."""
-    return {f"test_{m}_{metric_key(label)}": float(v)
+    return {f"test_{m}_{label}": float(v)
             for label, row in per_class.items() for m, v in row.items() if m != "support"}
 
 

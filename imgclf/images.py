@@ -6,7 +6,9 @@ orientation is applied, and animated files use their first frame.
 """
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,25 @@ class BadImage(Exception):
 def is_image_name(path: Path) -> bool:
     """True for a visible file whose suffix is one of the supported formats."""
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def iter_files(folder: Path) -> Iterator[Path]:
+    """Every visible file under ``folder`` (nested folders included), in a stable order.
+
+    Hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``) are left out; symlinked
+    files are listed, symlinked folders are not followed (no loops). The order is that of the
+    paths relative to ``folder``, so it does not depend on the file system.
+    """
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath) / name for name in filenames if not name.startswith(".")]
+    yield from sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def iter_images(folder: Path) -> Iterator[Path]:
+    """The image files among :func:`iter_files` (by suffix), in the same order."""
+    return (p for p in iter_files(folder) if is_image_name(p))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

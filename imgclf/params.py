@@ -15,6 +15,17 @@ from imgclf.errors import PipelineError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
+# Which sections of params.yaml shape each stage's output: the stage's DVC params (dvc.yaml,
+# checked by tests/test_dvc_yaml.py) and the params of its MLflow run. "pipeline" is the pipeline
+# run's: everything that shaped the final result. The mlflow section shapes nothing.
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "demo": (),
+    "augment": ("base", "data", "augment"),
+    "train": ("base", "train"),
+    "evaluate": ("evaluate",),
+    "pipeline": ("base", "data", "augment", "train"),
+}
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -125,8 +136,13 @@ class Params(_Section):
         return self
 
     def section(self, name: str) -> dict[str, Any]:
-        """One section as a plain dict (what a stage logs as its params)."""
+        """One section as a plain dict."""
         return getattr(self, name).model_dump(by_alias=True)
+
+    def shaping(self, stage: str) -> dict[str, Any]:
+        """The params that shape ``stage`` (see :data:`STAGE_PARAMS`), flattened as DVC and
+        MLflow name them: ``{"train.epochs": 5, ...}``."""
+        return flatten({name: self.section(name) for name in STAGE_PARAMS[stage]})
 
 
 def feature_map_size(image_size: int, kernel_size: int, blocks: int) -> int:

@@ -28,11 +28,7 @@ CONFUSION_PNG = REPORTS / "confusion.png"
 CURVES_PNG = REPORTS / "training_curves.png"
 MISCLASSIFIED_PNG = REPORTS / "misclassified.png"
 REPORT_HTML = REPORTS / "report.html"
-
-# File names inside PREPARED_DIR.
-LABELS_FILE = "labels.json"
-MANIFEST_FILE = "manifest.json"
-SPLITS = ("train", "val", "test")
+# The files inside PREPARED_DIR are named in imgclf.prepared.
 
 
 def store_root() -> Path:

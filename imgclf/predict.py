@@ -7,9 +7,7 @@ A model comes from the pipeline's ``models/model.h5`` (labels from ``data/prepar
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,9 @@ import numpy as np
 
 from imgclf import paths
 from imgclf.errors import PipelineError
-from imgclf.images import BadImage, is_image_name, load_array
+from imgclf.images import BadImage, iter_images, load_array
+from imgclf.model import load_model
+from imgclf.prepared import LABELS_FILE, read_labels
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,7 @@ def collect(inputs: list[str]) -> list[Path]:
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            found = []
-            for dirpath, dirnames, filenames in os.walk(path):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found += [Path(dirpath) / f for f in sorted(filenames) if is_image_name(Path(f))]
-            files += sorted(found, key=lambda p: p.relative_to(path).as_posix())
+            files += iter_images(path)
         elif path.exists():
             files.append(path)
         else:
@@ -52,29 +48,13 @@ def collect(inputs: list[str]) -> list[Path]:
     return files
 
 
-def _read_labels(path: Path) -> list[str]:
-    try:
-        labels = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise PipelineError(f"{path}: cannot read the class labels ({err})") from None
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise PipelineError(f"{path}: expected a JSON list of class names")
-    return labels
-
-
 def _load_h5(model_path: Path, labels_path: Path, source: str) -> Classifier:
-    import keras
-
-    if not model_path.is_file():
-        raise PipelineError(f"{model_path}: model not found; train one with `dvc repro` or pass --model")
     if not labels_path.is_file():
-        raise PipelineError(f"{labels_path}: class labels not found beside the model; put the "
-                            "pipeline's data/prepared/labels.json there")
-    try:
-        model = keras.models.load_model(model_path, compile=False, safe_mode=True)
-    except (OSError, ValueError) as err:
-        raise PipelineError(f"{model_path}: not a Keras model file ({str(err).splitlines()[0]})") from None
-    return _checked(model, _read_labels(labels_path), source)
+        raise PipelineError(
+            f"{labels_path}: class labels not found beside the model; put the "
+            "pipeline's data/prepared/labels.json there"
+        )
+    return _checked(load_model(model_path), read_labels(labels_path), source)
 
 
 def _checked(model, labels: list[str], source: str) -> Classifier:
@@ -90,13 +70,13 @@ def _checked(model, labels: list[str], source: str) -> Classifier:
 def load_classifier(model: str | None = None) -> Classifier:
     """Load a model and its labels from a path or an MLflow URI (see the module docstring)."""
     if model is None:
-        return _load_h5(paths.MODEL, paths.PREPARED_DIR / paths.LABELS_FILE, str(paths.MODEL))
+        return _load_h5(paths.MODEL, paths.PREPARED_DIR / LABELS_FILE, str(paths.MODEL))
     if model.startswith(("runs:/", "models:/")):
         return _load_mlflow(model)
     path = Path(model)
-    labels = path.with_name(paths.LABELS_FILE)
+    labels = path.with_name(LABELS_FILE)
     if not labels.is_file() and path.resolve() == paths.MODEL.resolve():
-        labels = paths.PREPARED_DIR / paths.LABELS_FILE
+        labels = paths.PREPARED_DIR / LABELS_FILE
     return _load_h5(path, labels, model)
 
 
@@ -110,7 +90,7 @@ def _load_mlflow(uri: str) -> Classifier:
         if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
             # A train run's plain artifacts: model/model.h5 and model/labels.json.
             folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri.rstrip("/") + "/model"))
-            return _load_h5(folder / paths.MODEL.name, folder / paths.LABELS_FILE, uri)
+            return _load_h5(folder / paths.MODEL.name, folder / LABELS_FILE, uri)
         info = mlflow.models.get_model_info(uri)
         labels = (info.metadata or {}).get("labels")
         if not labels:

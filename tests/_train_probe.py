@@ -5,18 +5,18 @@ Run as ``python -m tests._train_probe STRATEGY`` by test_distributed.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 def main() -> None:
     strategy_name = sys.argv[1]
-    from imgclf.model import build_model, fit, is_chief, make_strategy, seed_everything
+    from imgclf.distribute import is_chief, make_strategy
+    from imgclf.model import build_model
+    from imgclf.runtime import seed_everything
+    from imgclf.training import fit
 
     strategy = make_strategy(strategy_name)
     from imgclf.params import TrainParams

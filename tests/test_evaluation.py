@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclf import evaluation, history, tracking
+from imgclf import evaluation, history
 
 
 def test_score_matches_hand_computation():
@@ -37,9 +37,9 @@ def test_confusion_csv_rows_per_image():
     assert rows == [{"actual": "猫", "predicted": "dog"}, {"actual": "dog", "predicted": "dog"}]
 
 
-def test_metric_key_is_safe():
-    assert tracking.metric_key("sea lions!") == "sea lions_"
-    assert tracking.metric_key("猫") == "猫"
+def test_per_class_metrics_are_flat_and_keep_the_class_name():
+    flat = evaluation.per_class_metrics({"sea lions!": {"recall": 0.5, "support": 3}, "猫": {"f1": 1.0, "support": 1}})
+    assert flat == {"test_recall_sea lions!": 0.5, "test_f1_猫": 1.0}
 
 
 def test_history_round_trip_and_plots(tmp_path: Path):

@@ -1,4 +1,4 @@
-"""The CNN: the seed's shapes, raw uint8 input, .h5 round trip and repeatable training."""
+"""The CNN and its training: the seed's shapes, raw uint8 input, .h5 round trip, repeatable fits."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,10 @@ from imgclf.params import TrainParams
 
 keras = pytest.importorskip("keras")
 
-from imgclf.model import build_model, fit, seed_everything  # noqa: E402
+from imgclf.errors import PipelineError  # noqa: E402
+from imgclf.model import build_model, load_model  # noqa: E402
+from imgclf.runtime import seed_everything  # noqa: E402
+from imgclf.training import fit  # noqa: E402
 
 
 def test_default_architecture_matches_the_seed():
@@ -71,65 +74,23 @@ def test_saved_h5_takes_raw_images_and_predicts_the_same(tmp_path: Path):
     model, _ = _train(3)
     path = tmp_path / "m.h5"
     model.save(path)
-    loaded = keras.models.load_model(path, compile=False, safe_mode=True)
+    loaded = load_model(path)
     x, _ = _data()
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
-def test_streamed_memmap_gives_the_same_batches_as_memory(tmp_path: Path):
-    from imgclf.model import NpyRows, make_dataset
-
-    x, y = _data(n=42)
-    np.save(tmp_path / "x.npy", x)
-    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
-    rows = NpyRows(mm)
-    assert np.array_equal(rows.read(np.array([5, 0, 41])), x[[5, 0, 41]])
-    rows.close()
-    streamed = list(make_dataset(mm, y, 16, shuffle=False, seed=0).as_numpy_iterator())
-    memory = list(make_dataset(x, y, 16, shuffle=False, seed=0).as_numpy_iterator())
-    assert [len(b[0]) for b in streamed] == [16, 16, 10]
-    for (xs, ys), (xm, ym) in zip(streamed, memory):
-        assert np.array_equal(xs, xm) and np.array_equal(ys, ym)
-    # Shuffled: every image exactly once per epoch, labels still matching, same order per seed.
-    a = list(make_dataset(mm, y, 16, shuffle=True, seed=3).as_numpy_iterator())
-    b = list(make_dataset(mm, y, 16, shuffle=True, seed=3).as_numpy_iterator())
-    assert all(np.array_equal(p[0], q[0]) for p, q in zip(a, b))
-    seen = np.concatenate([batch[0] for batch in a])
-    assert sorted(map(bytes, seen)) == sorted(map(bytes, x))
-    for images, labels in a:
-        assert np.array_equal(images[:, 0, 0].argmax(axis=1), labels)
-
-
-def test_precision_setting():
-    from imgclf.model import resolve_precision
-
-    assert resolve_precision("off") == "float32"
-    assert resolve_precision("bfloat16") == "mixed_bfloat16"
-    assert resolve_precision("auto") in ("float32", "mixed_bfloat16", "mixed_float16")
-
-
-@pytest.mark.parametrize("streamed", [True, False])
-def test_shards_split_the_rows_between_workers_and_repeat_reshuffled(tmp_path: Path, streamed: bool):
-    from imgclf.model import make_dataset
-
-    x, y = _data(n=30)
-    np.save(tmp_path / "x.npy", x)
-    source = np.load(tmp_path / "x.npy", mmap_mode="r") if streamed else x
-    shares = []
-    for index in range(2):
-        ds = make_dataset(source, y, 5, shuffle=True, seed=1, shard=(2, index), repeat=True)
-        batches = [b for _, b in zip(range(6), ds.as_numpy_iterator())]  # two passes of 15 rows
-        first, second = np.concatenate([b[0] for b in batches[:3]]), np.concatenate([b[0] for b in batches[3:]])
-        assert sorted(map(bytes, first)) == sorted(map(bytes, second))  # the same rows each pass
-        assert not np.array_equal(first, second)  # in a new order
-        shares.append(sorted(map(bytes, first)))
-    assert not set(shares[0]) & set(shares[1])
-    assert sorted(shares[0] + shares[1]) == sorted(map(bytes, x))
+@pytest.mark.parametrize("content, fragment", [(None, "model not found"), (b"not hdf5", "not a Keras model file")])
+def test_load_model_names_the_file_and_the_problem(tmp_path: Path, content, fragment):
+    path = tmp_path / "model.h5"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(PipelineError, match=fragment) as err:
+        load_model(path)
+    assert str(path) in str(err.value)
 
 
 def test_tf_config_is_checked_and_names_the_chief(monkeypatch: pytest.MonkeyPatch):
-    from imgclf.errors import PipelineError
-    from imgclf.model import is_chief, make_strategy, tf_config
+    from imgclf.distribute import is_chief, make_strategy, tf_config
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert is_chief()

@@ -22,7 +22,9 @@ LABELS = sorted(CLASS_COLOURS)
 def model_dir(tmp_path_factory) -> Path:
     """A tiny CNN trained on the colour classes, saved as .h5 with labels.json beside it."""
     from imgclf.dataset import decode, scan
-    from imgclf.model import build_model, fit, seed_everything
+    from imgclf.model import build_model
+    from imgclf.runtime import seed_everything
+    from imgclf.training import fit
 
     root = tmp_path_factory.mktemp("model")
     images = make_class_folders(root / "train", per_class=10)

@@ -1,4 +1,4 @@
-"""MLflow plumbing on a real SQLite store: run status, params, tags, linking stage runs."""
+"""MLflow plumbing on a real SQLite store: the recorder, run status, tags, the pipeline run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,15 +8,19 @@ import pytest
 
 from imgclf import tracking
 from imgclf.errors import PipelineError
+from imgclf.params import parse
+from imgclf.result import StageResult
+from imgclf.tracking import lineage, runs
 
 EXP = "test-exp"
+P = parse({"mlflow": {"experiment": EXP}, "train": {"epochs": 2, "conv_filters": [4, 8]}})
 
 
 def _runs(name: str | None = None):
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(EXP)
-    runs = client.search_runs([exp.experiment_id])
-    return [r for r in runs if name is None or r.info.run_name == name]
+    found = client.search_runs([exp.experiment_id]) if exp else []
+    return [r for r in found if name is None or r.info.run_name == name]
 
 
 def test_default_store_is_anchored_at_dvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -29,83 +33,107 @@ def test_default_store_is_anchored_at_dvc_root(tmp_path: Path, monkeypatch: pyte
     assert (tmp_path / "mlflow.db").is_file()
 
 
-def test_run_logs_params_tags_and_finishes(mlflow_store: str, monkeypatch: pytest.MonkeyPatch):
+def test_recorder_logs_shaping_params_progress_and_result(mlflow_store: str, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "exp-abc")
     monkeypatch.setenv("MLFLOW_RUN_ID", "not-a-run")  # must not be resumed
-    with tracking.run("train", EXP, params={"train": {"epochs": 2, "conv_filters": [4, 8]}},
-                      tags={tracking.TAG_DATA_MD5: "abc"}) as active:
-        mlflow.log_metric("loss", 0.5)
-    run = mlflow.get_run(active.info.run_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == "train"
-    assert run.data.params == {"train.epochs": "2", "train.conv_filters": "[4, 8]"}
-    assert run.data.tags[tracking.TAG_STAGE] == "train"
-    assert run.data.tags["dvc.exp_name"] == "exp-abc"
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    with tracking.recorder("train", P) as rec:
+        rec.log_params({"model.parameters": 1234})
+        for epoch in (1, 2):
+            rec.log_epoch(epoch, {"val_loss": 1.0 / epoch})
+        rec.record(StageResult(metrics={"accuracy": 0.5, "per class: cats!": 1.0}, fingerprints={"data": "abc"},
+                               artifacts=[(report, "reports")]))
+    (run,) = _runs("train")
+    assert run.info.status == "FINISHED"
+    # Exactly the sections that shape the stage, flattened as DVC names them, plus what it found out.
+    assert set(run.data.params) == {f"base.{k}" for k in P.section("base")} | {
+        f"train.{k}" for k in P.section("train")} | {"model.parameters"}
+    assert run.data.params["train.conv_filters"] == "[4, 8]" and run.data.params["model.parameters"] == "1234"
+    assert run.data.tags[tracking.TAG_STAGE] == "train" and run.data.tags["dvc.exp_name"] == "exp-abc"
     assert run.data.tags[tracking.TAG_DATA_MD5] == "abc"
     assert len(run.data.tags[tracking.TAG_GIT_COMMIT]) == 40
+    assert run.data.metrics["accuracy"] == 0.5 and run.data.metrics["per class_ cats_"] == 1.0
+    assert run.data.metrics["mlflow_seconds"] > 0
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5)]
+    assert [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "reports")] == [
+        "reports/report.json"]
 
 
 @pytest.mark.parametrize("exc, status", [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
-def test_run_closes_failed_or_killed(mlflow_store: str, exc: BaseException, status: str):
+def test_recorder_closes_failed_or_killed(mlflow_store: str, exc: BaseException, status: str):
     with pytest.raises(type(exc)):
-        with tracking.run("train", EXP):
+        with tracking.recorder("augment", P):
             raise exc
-    (run,) = _runs("train")
+    (run,) = _runs("augment")
     assert run.info.status == status
     assert mlflow.active_run() is None
 
 
-def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch: pytest.MonkeyPatch):
+def test_unreachable_server_fails_before_the_stage_works(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    with pytest.raises(PipelineError, match="127.0.0.1:9"):
-        tracking.setup(EXP)
+    worked = []
+    with pytest.raises(PipelineError, match="127.0.0.1:9.*connection refused"):
+        with tracking.recorder("train", P):
+            worked.append(True)
+    assert worked == []
 
 
 def test_linking_reparents_fresh_runs_and_copies_cached_ones(mlflow_store: str):
-    with tracking.run("augment", EXP, params={"data": {"image_size": 16}},
-                      tags={tracking.TAG_DATA_MD5: "d1"}):
-        mlflow.log_metric("images", 30)
+    with tracking.recorder("augment", parse({"mlflow": {"experiment": EXP}, "data": {"image_size": 16}})) as rec:
+        rec.record(StageResult(metrics={"images": 30}, fingerprints={"data": "d1"}))
     exp_id = tracking.setup(EXP)
-    source = tracking.find_stage_run(exp_id, "augment", tracking.TAG_DATA_MD5, "d1")
+    source = lineage.find_stage_run(exp_id, "augment", tracking.TAG_DATA_MD5, "d1")
     assert source is not None
-    assert tracking.find_stage_run(exp_id, "augment", tracking.TAG_DATA_MD5, "other") is None
+    assert lineage.find_stage_run(exp_id, "augment", tracking.TAG_DATA_MD5, "other") is None
 
-    with tracking.run(tracking.PIPELINE, EXP) as first:
-        shown = tracking.link_stage_run(first.info.run_id, EXP, "augment", source)
+    first = runs.write_run(exp_id, "pipeline", {}, {}, {})
+    shown = lineage.link_stage_run(first, "augment", source)
     assert shown == source.info.run_id
-    assert mlflow.get_run(shown).data.tags[tracking.TAG_PARENT] == first.info.run_id
+    assert mlflow.get_run(shown).data.tags[tracking.TAG_PARENT] == first
 
     # A second pipeline reusing the cached augment result gets its own linked child.
-    source = tracking.find_stage_run(exp_id, "augment", tracking.TAG_DATA_MD5, "d1")
-    with tracking.run(tracking.PIPELINE, EXP) as second:
-        linked = tracking.link_stage_run(second.info.run_id, EXP, "augment", source)
+    source = lineage.find_stage_run(exp_id, "augment", tracking.TAG_DATA_MD5, "d1")
+    second = runs.write_run(exp_id, "pipeline", {}, {}, {})
+    linked = lineage.link_stage_run(second, "augment", source)
     run = mlflow.get_run(linked)
-    assert linked != source.info.run_id
-    assert run.data.tags[tracking.TAG_PARENT] == second.info.run_id
+    assert linked != source.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags[tracking.TAG_PARENT] == second
     assert run.data.tags[tracking.TAG_LINKED_FROM] == source.info.run_id
-    assert run.data.params == {"data.image_size": "16"}
-    assert run.data.metrics == {"images": 30.0}
+    assert run.data.params == source.data.params and run.data.params["data.image_size"] == "16"
+    assert run.data.metrics == source.data.metrics and run.data.metrics["images"] == 30.0
     # The original stays under the first pipeline.
-    assert mlflow.get_run(source.info.run_id).data.tags[tracking.TAG_PARENT] == first.info.run_id
+    assert mlflow.get_run(source.info.run_id).data.tags[tracking.TAG_PARENT] == first
 
 
-def test_deferred_run_keeps_its_start_time_params_and_failure(mlflow_store: str):
-    import time
+def test_final_stage_writes_the_pipeline_run_over_the_stage_runs(mlflow_store: str, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-42")
+    with tracking.recorder("augment", P) as rec:
+        rec.record(StageResult(metrics={"images": 30}, fingerprints={"data": "d1"}))
+    with tracking.recorder("train", P) as rec:
+        rec.record(StageResult(metrics={"val_accuracy": 0.75}, fingerprints={"data": "d1", "model": "m1"}))
+    with tracking.recorder("evaluate", P) as rec:
+        rec.record(StageResult(metrics={"test_accuracy": 0.5}, fingerprints={"data": "d1", "model": "m1"}))
+    (pipeline,) = _runs("exp-42")
+    assert pipeline.info.status == "FINISHED" and pipeline.data.tags[tracking.TAG_STAGE] == "pipeline"
+    assert set(pipeline.data.params) == set(P.shaping("pipeline"))
+    assert pipeline.data.metrics["test_accuracy"] == 0.5
+    assert pipeline.data.metrics["val_accuracy"] == 0.75 and pipeline.data.metrics["images"] == 30
+    assert pipeline.data.tags[tracking.TAG_MODEL_MD5] == "m1"
+    for stage in ("augment", "train", "evaluate"):
+        (run,) = _runs(stage)
+        assert run.data.tags[tracking.TAG_PARENT] == pipeline.info.run_id, stage
 
-    before = int(time.time() * 1000)
+
+def test_a_failed_final_stage_writes_no_pipeline_run(mlflow_store: str):
     with pytest.raises(RuntimeError):
-        with tracking.run("augment", EXP, params={"data": {"image_size": 16}}, defer=True):
-            time.sleep(0.3)  # the stage's work, while the store opens in the background
+        with tracking.recorder("evaluate", P):
             raise RuntimeError("boom")
-    (run,) = _runs("augment")
-    assert run.info.status == "FAILED"
-    assert before <= run.info.start_time < before + 250
-    assert run.data.params == {"data.image_size": "16"}
+    assert [r.info.run_name for r in _runs()] == ["evaluate"]
 
 
-def test_deferred_run_reports_a_dead_server_when_first_used(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    with pytest.raises(PipelineError, match="127.0.0.1:9"):
-        with tracking.run("train", EXP, defer=True) as active:
-            active.ready()
+def test_metric_key_is_safe():
+    assert runs.metric_key("sea lions!") == "sea lions_"
+    assert runs.metric_key("猫") == "猫"

@@ -1,0 +1,178 @@
+"""Training on several devices or machines: ``train.strategy``, ``TF_CONFIG`` and the
+multi-worker step loop.
+
+``default`` is one device; ``mirrored`` is every local GPU (or logical CPUs, see
+:func:`split_cpu`); ``multi_worker`` is ``MultiWorkerMirroredStrategy`` over the processes that
+``TF_CONFIG`` lists. Keras 3's ``model.fit`` cannot run the last one (keras-team/keras#20585), so
+:func:`fit_multi_worker` has its own step loop.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from imgclf.errors import PipelineError
+from imgclf.params import TrainParams
+from imgclf.streaming import make_dataset
+
+log = logging.getLogger(__name__)
+
+
+def split_cpu(devices: int) -> None:
+    """Present the CPU as ``devices`` logical devices (before TensorFlow starts), so multi-device
+    code paths can run on a laptop; set by ``IMGCLF_CPU_DEVICES``."""
+    import tensorflow as tf
+
+    if devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+
+
+def tf_config() -> dict[str, Any]:
+    """The cluster and this process's task from ``TF_CONFIG`` (for ``multi_worker``)."""
+    raw = os.environ.get("TF_CONFIG", "")
+    hint = ('set it on every worker, e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}')
+    if not raw:
+        raise PipelineError(f"train.strategy is multi_worker but TF_CONFIG is not set: {hint}")
+    try:
+        config = json.loads(raw)
+        workers = config["cluster"]["worker"]
+        task = config["task"]
+        kind, index = task["type"], int(task["index"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise PipelineError(f"TF_CONFIG is not valid ({type(err).__name__}: {err}): {hint}") from None
+    if not isinstance(workers, list) or not workers or kind not in config["cluster"] \
+            or not 0 <= index < len(config["cluster"][kind]):
+        raise PipelineError(f"TF_CONFIG's task {task} is not in its cluster {config['cluster']}: {hint}")
+    return config
+
+
+def is_chief() -> bool:
+    """True unless this process is a non-chief worker of a ``TF_CONFIG`` cluster.
+
+    The chief is the task of type ``chief``, or worker 0 when the cluster has none; only it
+    writes outputs and logs to MLflow.
+    """
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw:
+        return True
+    config = tf_config()
+    kind, index = config["task"]["type"], int(config["task"]["index"])
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in config["cluster"])
+
+
+def make_strategy(name: str):
+    """The ``tf.distribute`` strategy for ``train.strategy``.
+
+    ``default``: one device. ``mirrored``: every local GPU, or the logical CPUs when there is no
+    GPU (see :func:`split_cpu`). ``multi_worker``: ``MultiWorkerMirroredStrategy`` over the
+    processes ``TF_CONFIG`` lists, each using its local devices as ``mirrored`` would. In every
+    case ``train.batch_size`` is the *global* batch, split evenly over all replicas.
+
+    Call it before any other TensorFlow work: a multi-worker strategy sets up the runtime.
+    """
+    import tensorflow as tf
+
+    cpus = int(os.environ.get("IMGCLF_CPU_DEVICES", "1") or 1)
+    if cpus > 1:
+        try:
+            split_cpu(cpus)
+        except RuntimeError:  # TensorFlow already started: keep the devices it has
+            log.warning("IMGCLF_CPU_DEVICES=%d ignored: TensorFlow's devices are already set up", cpus)
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+        devices = devices or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        tf_config()  # a clear error before TensorFlow waits for a cluster that is not there
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}")
+
+
+def is_multi_worker(strategy) -> bool:
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def fit_multi_worker(model, strategy, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
+                     y_val: np.ndarray, p: TrainParams, seed: int,
+                     record: Callable[[int, dict[str, float]], None]) -> None:
+    """Synchronous data-parallel training over the workers of ``strategy``, step by step.
+
+    Each worker reads its own shard of the rows (every n-th, reshuffled each pass) in batches
+    of ``batch_size / replicas``; the optimizer sums the gradients of all replicas, and the
+    loss is averaged over the global batch, so one step equals one ``batch_size`` step on one
+    device. Every worker runs the same number of steps per epoch (the collective ops would
+    hang otherwise). Validation runs on each worker's own copy of the weights, which are the
+    same everywhere. ``record(epoch, logs)`` gets the same keys as ``model.fit`` gives.
+    """
+    import keras
+    import tensorflow as tf
+
+    global_batch = p.batch_size
+    replicas = strategy.num_replicas_in_sync
+    if global_batch % replicas:
+        raise PipelineError(f"train.batch_size {global_batch} cannot be split evenly over {replicas} "
+                            f"replicas: make it a multiple of {replicas}")
+    steps = max(1, math.ceil(len(y_train) / global_batch))
+
+    def train_input(context):
+        return make_dataset(x_train, y_train, context.get_per_replica_batch_size(global_batch), shuffle=True,
+                            seed=seed, shard=(context.num_input_pipelines, context.input_pipeline_id),
+                            repeat=True)
+
+    batches = iter(strategy.distribute_datasets_from_function(train_input))
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+    optimizer = model.optimizer
+    variables = model.trainable_variables
+    with strategy.scope():
+        optimizer.build(variables)
+
+    def replica_step(images, labels):
+        with tf.GradientTape() as tape:
+            probs = model(images, training=True)
+            per_example = loss_fn(labels, probs)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        optimizer.apply_gradients(zip(grads, variables))
+        return _sums(labels, probs, per_example)
+
+    @tf.function
+    def train_step(iterator):
+        totals = strategy.run(replica_step, args=next(iterator))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
+
+    @tf.function
+    def val_step(images, labels):
+        probs = model(images, training=False)
+        return _sums(labels, probs, loss_fn(labels, probs))
+
+    val_ds = make_dataset(x_val, y_val, global_batch, shuffle=False, seed=seed) if len(x_val) else None
+    for epoch in range(1, p.epochs + 1):
+        totals = sum(train_step(batches).numpy() for _ in range(steps))
+        logs = {"accuracy": totals[1] / totals[2], "loss": totals[0] / totals[2]}
+        if val_ds is not None:
+            totals = sum(val_step(images, labels).numpy() for images, labels in val_ds)
+            logs.update({"val_accuracy": totals[1] / totals[2], "val_loss": totals[0] / totals[2]})
+        record(epoch, logs)
+
+
+def _sums(labels, probs, per_example):
+    """[sum of losses, correct predictions, examples] of one batch, as float32."""
+    import tensorflow as tf
+
+    labels = tf.cast(labels, tf.int32)
+    hits = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), labels), tf.float32)
+    return tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float32)), tf.reduce_sum(hits),
+                     tf.cast(tf.shape(labels)[0], tf.float32)])

@@ -1,0 +1,103 @@
+"""The pipeline run: one row per result, with the stage runs that made it hung under it.
+
+When the final stage finishes, :func:`record_pipeline` writes a *pipeline* run carrying every
+param that shaped the result and the final metrics, and hangs the runs of the earlier stages
+under it. Those are found by the fingerprint each stage made (the MD5 of the arrays for augment,
+of the model for train), which their runs carry as tags. A stage that DVC skipped as cached ran
+no code; its earlier run, already under an earlier pipeline run, is then linked by a small child
+run that copies its params and metrics, so every pipeline run shows every stage.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from imgclf.tracking.runs import TAG_LINKED_FROM, TAG_PARENT, TAG_STAGE, context_tags, write_run
+
+log = logging.getLogger(__name__)
+
+PIPELINE = "pipeline"
+
+
+def find_stage_run(experiment_id: str, stage: str, tag: str, value: str):
+    """The latest finished run of ``stage`` whose ``tag`` equals ``value``, or None."""
+    import mlflow
+
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_STAGE}` = '{stage}' and tags.`{tag}` = '{value}' "
+        "and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def link_stage_run(pipeline_run_id: str, stage: str, source) -> str:
+    """Hang ``source`` (a finished stage run) under the pipeline run; return the run shown there.
+
+    A run not yet under any pipeline is re-parented. One already under an earlier pipeline (DVC
+    skipped the stage as cached) gets a linking child run here with its params and metrics.
+    """
+    import mlflow
+
+    if TAG_PARENT not in source.data.tags:
+        mlflow.MlflowClient().set_tag(source.info.run_id, TAG_PARENT, pipeline_run_id)
+        return source.info.run_id
+    tags = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
+    tags.update(
+        {
+            TAG_PARENT: pipeline_run_id,
+            TAG_LINKED_FROM: source.info.run_id,
+            "mlflow.note.content": f"Stage cached by DVC: results of run {source.info.run_id}.",
+        }
+    )
+    return write_run(source.info.experiment_id, stage, tags, source.data.params, source.data.metrics)
+
+
+def record_pipeline(
+    experiment_id: str,
+    final_run_id: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    made_by: dict[str, tuple[str, str]],
+) -> str:
+    """Write the pipeline run for a result and hang the stage runs under it; return its id.
+
+    ``final_run_id`` is the final stage's run, ``params`` every param that shaped the result,
+    ``metrics`` the final stage's. ``made_by`` maps each earlier stage to the (tag, value) that
+    its run carries for what it made. The metrics of those runs are copied onto the pipeline
+    run too, so its row shows how the data and the training went. It is named after the DVC
+    experiment, or ``pipeline``.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    sources = {}
+    for stage, (tag, value) in made_by.items():
+        source = find_stage_run(experiment_id, stage, tag, value)
+        if source is None:
+            log.warning(
+                "no finished MLflow %s run has %s=%s (made with another store?); the pipeline run will lack it",
+                stage,
+                tag,
+                value,
+            )
+        else:
+            sources[stage] = source
+    copied: dict[str, float] = {}
+    for source in sources.values():
+        copied.update(source.data.metrics)
+    tags = {**context_tags(PIPELINE), **{tag: value for tag, value in made_by.values()}}
+    pipeline_id = write_run(
+        experiment_id,
+        os.environ.get("DVC_EXP_NAME") or PIPELINE,
+        tags,
+        params,
+        {**copied, **metrics},
+    )
+    client.set_tag(final_run_id, TAG_PARENT, pipeline_id)
+    for stage, source in sources.items():
+        client.set_tag(pipeline_id, f"imgclf.{stage}_run_id", link_stage_run(pipeline_id, stage, source))
+    return pipeline_id

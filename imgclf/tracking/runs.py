@@ -1,0 +1,115 @@
+"""A run's life cycle: the tags every run carries, opening and closing a stage's run, and
+writing a finished run in one go (the pipeline run and the links to cached stages)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+from imgclf import paths
+
+TAG_STAGE = "imgclf.stage"
+TAG_DATA_MD5 = "imgclf.data_md5"
+TAG_MODEL_MD5 = "imgclf.model_md5"
+TAG_LINKED_FROM = "imgclf.linked_from_run"
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_PARENT = "mlflow.parentRunId"
+
+# MLflow takes at most this many params (and metrics, tags) in one batch call.
+_BATCH = 100
+
+
+def metric_key(text: str) -> str:
+    """A name made safe for MLflow (letters, digits and ``_-. /``; anything else becomes ``_``)."""
+    return re.sub(r"[^\w\-. /]", "_", text) or "_"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def context_tags(stage: str) -> dict[str, str]:
+    """Tags every run gets: the stage, the git commit and DVC's experiment context."""
+    tags = {TAG_STAGE: stage}
+    commit = _git_commit()
+    if commit:
+        tags[TAG_GIT_COMMIT] = commit
+    for env, tag in (
+        ("DVC_EXP_NAME", "dvc.exp_name"),
+        ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev"),
+        ("DVC_STAGE", "dvc.stage"),
+    ):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+@contextlib.contextmanager
+def open_run(stage: str, experiment_id: str, params: dict[str, Any]) -> Iterator[Any]:
+    """The active run of ``stage`` (named after it) with ``params``; on leaving, it ends
+    FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED (any other exception)."""
+    import mlflow
+
+    # A stray MLFLOW_RUN_ID would make start_run resume someone else's run.
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    active = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=context_tags(stage))
+    status = "FINISHED"
+    try:
+        if params:
+            mlflow.log_params(params)
+        yield active
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        mlflow.end_run(status)
+
+
+def write_run(
+    experiment_id: str,
+    name: str,
+    tags: dict[str, str],
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    start_time: int | None = None,
+) -> str:
+    """Create a run that records finished facts in one go; return its id.
+
+    It ends FINISHED, or FAILED if writing it fails halfway (the error is raised).
+    """
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    client = mlflow.MlflowClient()
+    run = client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=name)
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        now = int(time.time() * 1000)
+        entries = [Param(k, str(v)) for k, v in params.items()]
+        entries += [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        for start in range(0, len(entries), _BATCH):
+            chunk = entries[start : start + _BATCH]
+            client.log_batch(
+                run_id,
+                params=[e for e in chunk if isinstance(e, Param)],
+                metrics=[e for e in chunk if isinstance(e, Metric)],
+            )
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+    return run_id

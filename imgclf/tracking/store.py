@@ -1,0 +1,92 @@
+"""Where runs are stored: the tracking URI, the local default store, the experiment.
+
+The default store is a SQLite file at the main repository (``DVC_ROOT``), with artifacts beside
+it, so ``dvc exp run --temp`` and queued experiments, which run in throw-away copies, keep their
+runs. ``MLFLOW_TRACKING_URI`` points elsewhere (a team server) and nothing else changes.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from imgclf import paths
+from imgclf.errors import PipelineError
+
+# Fail fast on a dead tracking server instead of retrying for minutes (users may override).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+def default_store() -> Path:
+    return paths.store_root() / "mlflow.db"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else a SQLite file at the (main) project root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_store()}"
+
+
+def _is_default_store(uri: str) -> bool:
+    return uri == f"sqlite:///{default_store()}"
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise creating the local store and experiment: parallel workers race on the schema."""
+    if not _is_default_store(uri):
+        yield
+        return
+    with open(default_store().with_name(".mlflow.db.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def setup(experiment: str) -> str:
+    """Point MLflow at the store and the experiment, creating them if needed; return its id.
+
+    Any failure (no server, a bad URI, a broken store) raises :class:`PipelineError` naming the
+    URI and what to do.
+    """
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        with _store_lock(uri):
+            client = mlflow.MlflowClient()
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                # Anchor artifacts beside the store, not in the cwd (a DVC temp copy).
+                local = (paths.store_root() / "mlartifacts").as_uri() if _is_default_store(uri) else None
+                exp_id = client.create_experiment(experiment, artifact_location=local)
+            else:
+                exp_id = exp.experiment_id
+        mlflow.set_experiment(experiment_id=exp_id)
+    except Exception as err:  # connection errors come in many types
+        raise PipelineError(
+            f"cannot use MLflow tracking store {uri}: {_reason(err)} (fix MLFLOW_TRACKING_URI or start the server)"
+        ) from None
+    return exp_id
+
+
+def _reason(err: Exception) -> str:
+    """A short cause for a tracking failure, without the retry machinery's wall of text."""
+    text = str(err)
+    for needle, reason in (
+        ("Connection refused", "connection refused"),
+        ("unsupported URI", "unsupported URI scheme"),
+        ("Name or service not known", "unknown host"),
+        ("Failed to resolve", "unknown host"),
+        ("timed out", "timed out"),
+        ("Max retries exceeded", "no answer"),
+    ):
+        if needle in text:
+            return reason
+    first = text.splitlines()[0] if text else type(err).__name__
+    return first if len(first) <= 200 else first[:200] + "..."

@@ -1,0 +1,38 @@
+"""The worker pool: order kept, task errors raised here, a dead worker raises instead of hanging."""
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from imgclf.pool import worker_pool
+
+
+def _square_or_fail(n: int) -> int:
+    if n == 13:
+        raise OSError(28, "No space left on device", "x_train.npy")
+    if n == -1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return n * n
+
+
+def test_worker_pool_keeps_order_and_raises_task_errors():
+    with worker_pool(3) as imap:
+        assert list(imap(_square_or_fail, range(14, 64))) == [n * n for n in range(14, 64)]
+        assert list(imap(_square_or_fail, [3, 4])) == [9, 16]  # the pool serves map after map
+        with pytest.raises(OSError) as err:
+            list(imap(_square_or_fail, range(20)))
+        assert err.value.errno == 28 and err.value.filename == "x_train.npy"
+        with pytest.raises(RuntimeError, match="abandoned"):
+            list(imap(_square_or_fail, [1]))
+
+
+def test_worker_pool_raises_when_a_worker_dies():
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="died"):
+        with worker_pool(2) as imap:
+            list(imap(_square_or_fail, [1, 2, 3, -1, 5, 6]))
+    assert time.perf_counter() - start < 60  # and no hang
