@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup system-deps run test clean
+.PHONY: setup system-deps run test lint format clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,14 @@ system-deps:
 
 test: $(STAMP) system-deps
 	python -m pytest
+
+lint: $(STAMP)
+	ruff check .
+	ruff format --check .
+
+format: $(STAMP)
+	ruff check --fix .
+	ruff format .
 
 clean:
 	rm -rf $(VENV)

@@ -22,6 +22,7 @@ Every phase runs in its own child process (so each peak RSS is that phase's alon
 
 It prints a table and writes it as JSON (``--out``). Nothing here asserts a time: it measures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,6 +46,7 @@ SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond")
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
+
 
 def generate_shapes(root: Path, classes: int, per_class: int, size: int, seed: int = 0) -> Path:
     """Class folders of JPEG 'photos': one shape per class, random colours, place, size, noise."""
@@ -88,6 +90,7 @@ def rss_mb_self() -> float:
 # ---------------------------------------------------------------------------------------------
 # Phases (each runs in a child process: `--phase NAME`)
 # ---------------------------------------------------------------------------------------------
+
 
 def phase_seed_augment(w: Path, args) -> dict:
     """The seed's augmentation loop (its split replaced by the shared test list, for fairness)."""
@@ -162,17 +165,22 @@ def phase_seed_train(w: Path, args) -> dict:
     model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0)
     seconds = time.perf_counter() - start
     loss, accuracy = model.evaluate(x_test, y_test, verbose=0)
-    return {"seconds": seconds, "images_per_second": len(x_train) * args.epochs / seconds,
-            "test_accuracy": float(accuracy), "flops_per_image": training_flops(model)}
+    return {
+        "seconds": seconds,
+        "images_per_second": len(x_train) * args.epochs / seconds,
+        "test_accuracy": float(accuracy),
+        "flops_per_image": training_flops(model),
+    }
 
 
-def phase_stream(w: Path, args) -> dict:
+def phase_stream(_w: Path, args) -> dict:
     """The project's input pipeline and model for a fixed number of steps on ``args.prepared``."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(ROOT))
-    from imgclf.model import build_model, make_dataset, seed_everything, set_precision
+    from imgclf.model import build_model
     from imgclf.params import TrainParams
     from imgclf.prepared import load_prepared
+    from imgclf.runtime import seed_everything, set_precision
+    from imgclf.streaming import make_dataset
 
     data = load_prepared(Path(args.prepared))
     p = TrainParams(batch_size=args.batch_size)
@@ -183,11 +191,14 @@ def phase_stream(w: Path, args) -> dict:
     start = time.perf_counter()
     model.fit(ds.repeat(), epochs=1, steps_per_epoch=args.steps, verbose=0)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "train_images": int(len(data.y["train"])),
-            "images_per_second": args.steps * p.batch_size / seconds}
+    return {
+        "seconds": seconds,
+        "train_images": int(len(data.y["train"])),
+        "images_per_second": args.steps * p.batch_size / seconds,
+    }
 
 
-def phase_ceiling(w: Path, args) -> dict:
+def phase_ceiling(_w: Path, _args) -> dict:
     """float32 4096x4096 matmul throughput with TensorFlow on all cores."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -225,13 +236,19 @@ def phase_grow(w: Path, args) -> dict:
     return {}
 
 
-PHASES = {"seed_augment": phase_seed_augment, "seed_train": phase_seed_train,
-          "stream": phase_stream, "grow": phase_grow, "ceiling": phase_ceiling}
+PHASES = {
+    "seed_augment": phase_seed_augment,
+    "seed_train": phase_seed_train,
+    "stream": phase_stream,
+    "grow": phase_grow,
+    "ceiling": phase_ceiling,
+}
 
 
 # ---------------------------------------------------------------------------------------------
 # Orchestration
 # ---------------------------------------------------------------------------------------------
+
 
 def run_child(cmd: list[str], cwd: Path, env: dict, log: Path) -> tuple[float, float, int]:
     """Run one phase; return (wall seconds, peak RSS MB of it and its children, exit status)."""
@@ -245,9 +262,26 @@ def run_child(cmd: list[str], cwd: Path, env: dict, log: Path) -> tuple[float, f
 
 def phase(name: str, w: Path, args, env: dict, **extra) -> dict:
     out = w / f"{name}.json"
-    cmd = [sys.executable, __file__, "--phase", name, "--workdir", str(w), "--images", str(args.images),
-           "--size", str(args.size), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-           "--seed", str(args.seed), "--result", str(out)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--phase",
+        name,
+        "--workdir",
+        str(w),
+        "--images",
+        str(args.images),
+        "--size",
+        str(args.size),
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--seed",
+        str(args.seed),
+        "--result",
+        str(out),
+    ]
     for key, value in extra.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
     wall, rss, code = run_child(cmd, ROOT, env, w / f"{name}.log")
@@ -271,8 +305,9 @@ def make_project(w: Path, args) -> Path:
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["base"]["seed"] = args.seed
-    params["data"].update({"source": str(args.images), "image_size": args.size, "test_size": args.test_size,
-                           "val_size": 0.0})
+    params["data"].update(
+        {"source": str(args.images), "image_size": args.size, "test_size": args.test_size, "val_size": 0.0}
+    )
     params["augment"].update({"angles": SEED_ANGLES, "flip": True})
     params["train"].update({"epochs": args.epochs, "batch_size": args.batch_size})
     params["mlflow"]["experiment"] = "benchmark"
@@ -285,13 +320,14 @@ def grow(prepared: Path, target: Path, factor: int) -> None:
     shutil.copytree(prepared, target)
     x = np.load(prepared / "x_train.npy", mmap_mode="r")
     y = np.load(prepared / "y_train.npy")
-    out = np.lib.format.open_memmap(target / "x_train.npy", mode="w+", dtype=x.dtype,
-                                    shape=(len(x) * factor,) + x.shape[1:])
+    out = np.lib.format.open_memmap(
+        target / "x_train.npy", mode="w+", dtype=x.dtype, shape=(len(x) * factor,) + x.shape[1:]
+    )
     n = len(x)
     for k in range(factor):
         for s in range(0, n, 4096):
             e = min(s + 4096, n)
-            out[k * n + s:k * n + e] = x[s:e]
+            out[k * n + s : k * n + e] = x[s:e]
     out.flush()
     np.save(target / "y_train.npy", np.tile(y, factor))
 
@@ -336,8 +372,12 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     w = Path(args.workdir or tempfile.mkdtemp(prefix="imgclf-bench-"))
     w.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_TRACKING_URI": f"sqlite:///{w / 'mlflow.db'}",
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{w / 'mlflow.db'}",
+        "PYTHONPATH": str(ROOT),
+    }
     env.pop("DVC_ROOT", None)
     print(f"work folder: {w}", flush=True)
     if not args.images and args.shapes:
@@ -359,19 +399,27 @@ def main() -> None:
     (w / "labels.json").write_text(json.dumps(src.labels))
     print(f"{len(src.files)} images in {len(src.labels)} classes, {len(test)} held out", flush=True)
 
-    r: dict = {"config": {k: getattr(args, k) for k in ("size", "epochs", "batch_size", "test_size", "seed",
-                                                         "images", "steps")}}
+    r: dict = {
+        "config": {
+            k: getattr(args, k) for k in ("size", "epochs", "batch_size", "test_size", "seed", "images", "steps")
+        }
+    }
     project = make_project(w, args)
     # The store exists before the stages run, as it does after a project's first run: creating
     # its schema is a one-time cost of several seconds that would otherwise land on augment.
-    subprocess.run([sys.executable, "-c", "from imgclf import tracking; tracking.setup('benchmark')"],
-                   cwd=project, env=env, check=True)
+    subprocess.run(
+        [sys.executable, "-c", "from imgclf import tracking; tracking.setup('benchmark')"],
+        cwd=project,
+        env=env,
+        check=True,
+    )
     print("seed: augment ...", flush=True)
     r["seed_augment"] = phase("seed_augment", w, args, env)
     print("project: augment ...", flush=True)
     r["project_augment"] = stage("augment", project, env, w)
     reports = project / "reports"
     r["project_augment"].update(json.loads((reports / "augment.json").read_text()))
+    r["project_augment"].update(run_metrics(w, "augment"))
     if args.only == "augment":
         Path(args.out).with_name("results-augment.json").write_text(json.dumps(r, indent=2) + "\n")
         print_augment(r)
@@ -382,6 +430,7 @@ def main() -> None:
         print(f"project: {name} ...", flush=True)
         r[f"project_{name}"] = stage(name, project, env, w)
     r["project_train"].update(json.loads((reports / "train.json").read_text()))
+    r["project_train"].update(run_metrics(w, "train"))
     r["project_evaluate"].update(json.loads((reports / "metrics.json").read_text()))
 
     print("streaming: 1x and 4x data ...", flush=True)
@@ -398,6 +447,19 @@ def main() -> None:
     print_table(r)
     if not args.keep and not args.workdir:
         shutil.rmtree(w, ignore_errors=True)
+
+
+def run_metrics(w: Path, stage: str) -> dict:
+    """The final metrics of the latest MLflow run of ``stage`` in the benchmark's store: the
+    timings the stages log there (``augment_seconds``, ``train_seconds``, ``mlflow_seconds``)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{w / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("benchmark")
+    (run,) = client.search_runs(
+        [exp.experiment_id], f"attributes.run_name = '{stage}'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return dict(run.data.metrics)
 
 
 def augment_rows(r: dict) -> list[tuple[str, float, float]]:
@@ -419,9 +481,10 @@ def print_rows(rows: list[tuple[str, float, float]]) -> None:
 
 
 def print_mlflow_share(name: str, rep: dict) -> None:
-    cpu = rep.get("mlflow_background_cpu_seconds", 0.0)
-    print(f"MLflow share of the {name} stage: {rep['mlflow_seconds']:.2f} s waited of {rep['wall']:.1f} s "
-          f"({rep['mlflow_seconds'] / rep['wall']:.1%}), plus {cpu:.2f} s of CPU in its background thread")
+    print(
+        f"MLflow share of the {name} stage: {rep['mlflow_seconds']:.2f} s of {rep['wall']:.1f} s "
+        f"({rep['mlflow_seconds'] / rep['wall']:.1%})"
+    )
 
 
 def print_augment(r: dict) -> None:
@@ -430,29 +493,38 @@ def print_augment(r: dict) -> None:
 
 
 def print_table(r: dict) -> None:
-    sa, st = r["seed_augment"], r["seed_train"]
+    st = r["seed_train"]
     pa, pt, pe = r["project_augment"], r["project_train"], r["project_evaluate"]
     s1, s4, ceil = r["stream_1x"], r["stream_4x"], r["ceiling"]["gflops"]
     flops = st["flops_per_image"]
     rows = augment_rows(r) + [
         ("training images/s", st["images_per_second"], pt["train_images_per_second"]),
-        ("  whole process, images/s", st["images_per_second"] * st["seconds"] / st["wall"],
-         pt["train_images_per_second"] * pt["train_seconds"] / pt["wall"]),
+        (
+            "  whole process, images/s",
+            st["images_per_second"] * st["seconds"] / st["wall"],
+            pt["train_images_per_second"] * pt["train_seconds"] / pt["wall"],
+        ),
         ("peak RSS train (MB)", st["rss_mb"], pt["rss_mb"]),
         ("held-out accuracy", st["test_accuracy"], pe["test_accuracy"]),
         ("training GFLOP/s", flops * st["images_per_second"] / 1e9, flops * pt["train_images_per_second"] / 1e9),
     ]
     print_rows(rows)
-    print(f"float32 matmul ceiling: {ceil:.0f} GFLOP/s; training reaches "
-          f"{flops * st['images_per_second'] / 1e9 / ceil:.0%} (seed) and "
-          f"{flops * pt['train_images_per_second'] / 1e9 / ceil:.0%} (project) of it "
-          f"({flops / 1e9:.2f} GFLOP per training image)")
-    print(f"streaming, same steps: {s1['train_images']} images -> {s1['rss_mb']:.0f} MB peak; "
-          f"{s4['train_images']} images -> {s4['rss_mb']:.0f} MB ({s4['rss_mb'] / s1['rss_mb'] - 1:+.1%})")
+    print(
+        f"float32 matmul ceiling: {ceil:.0f} GFLOP/s; training reaches "
+        f"{flops * st['images_per_second'] / 1e9 / ceil:.0%} (seed) and "
+        f"{flops * pt['train_images_per_second'] / 1e9 / ceil:.0%} (project) of it "
+        f"({flops / 1e9:.2f} GFLOP per training image)"
+    )
+    print(
+        f"streaming, same steps: {s1['train_images']} images -> {s1['rss_mb']:.0f} MB peak; "
+        f"{s4['train_images']} images -> {s4['rss_mb']:.0f} MB ({s4['rss_mb'] / s1['rss_mb'] - 1:+.1%})"
+    )
     for name, rep in (("augment", pa), ("train", pt)):
         print_mlflow_share(name, rep)
     noop = r["noop_repro_seconds"]
-    print(f"no-op dvc repro: {noop:.2f} s" if noop is not None else "no-op dvc repro: skipped (pipeline not up to date)")
+    print(
+        f"no-op dvc repro: {noop:.2f} s" if noop is not None else "no-op dvc repro: skipped (pipeline not up to date)"
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 The ``stages`` package holds thin DVC entry points; everything they call lives here and takes
 plain arguments, so it can be tested without DVC or MLflow.
 """
+
 import os
 
 # Read by TensorFlow when it loads, so it must be set before anything imports it: keeps its

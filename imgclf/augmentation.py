@@ -4,6 +4,7 @@
 in worker processes, each writing its own byte range, so the output does not depend on their
 number; validation and test images are written as decoded.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -120,7 +121,9 @@ def write_prepared(
         del header
         rows = train_rows.tolist()
         tasks = [
-            AugmentTask(str(decoded.path), str(train_path), offset, i, rows[i : i + CHUNK], list(angles), flip, resample)
+            AugmentTask(
+                str(decoded.path), str(train_path), offset, i, rows[i : i + CHUNK], list(angles), flip, resample
+            )
             for i in range(0, len(rows), CHUNK)
         ]
         with open(train_path, "rb") as fh:

@@ -4,6 +4,7 @@ A :class:`PipelineError` (bad params, bad data) ends the stage with one line on 
 code 2; Ctrl-C or SIGTERM with 130; anything else with a one-line summary and exit code 1. Set
 ``IMGCLF_DEBUG=1`` to get the full traceback instead.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,13 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
     for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
@@ -52,8 +58,7 @@ def run_stage(name: str, body: Callable[[], None]) -> int:
         if debug:
             raise
         logging.getLogger(name).debug("failure", exc_info=True)
-        print(f"error: {name}: {type(err).__name__}: {err} (set IMGCLF_DEBUG=1 for the traceback)",
-              file=sys.stderr)
+        print(f"error: {name}: {type(err).__name__}: {err} (set IMGCLF_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
     return 0
 

@@ -5,6 +5,7 @@ RGB array (in worker processes, into a memory-mapped scratch file) and :func:`sp
 splits the originals, stratified and seeded, *before* any augmentation, so copies of one photo
 never sit on both sides of the split.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,27 +60,37 @@ def scan(source: Path, labels: list[str] | None = None) -> Source:
     Class = folder name; ``labels`` (when given) fixes their order and must match the folders.
     """
     if not source.is_dir():
-        raise PipelineError(f"data.source '{source}' is not a folder: create it with one subfolder "
-                            "of images per class, or set data.source in params.yaml")
+        raise PipelineError(
+            f"data.source '{source}' is not a folder: create it with one subfolder "
+            "of images per class, or set data.source in params.yaml"
+        )
     folders = sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
     stray = sorted(p.name for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
     if stray:
-        log.warning("ignoring %d file(s) at the top of %s (images belong in class folders): %s",
-                    len(stray), source, ", ".join(stray[:5]))
+        log.warning(
+            "ignoring %d file(s) at the top of %s (images belong in class folders): %s",
+            len(stray),
+            source,
+            ", ".join(stray[:5]),
+        )
     if not folders:
-        raise PipelineError(f"data.source '{source}' has no class folders: put each class's images "
-                            "in a subfolder named after the class")
+        raise PipelineError(
+            f"data.source '{source}' has no class folders: put each class's images in a subfolder named after the class"
+        )
     if labels is None:
         labels = folders
     else:
         missing = [lb for lb in labels if lb not in folders]
         if missing:
-            raise PipelineError(f"data.labels names {missing}, but {source} has no such folder; "
-                                f"folders found: {folders}")
+            raise PipelineError(
+                f"data.labels names {missing}, but {source} has no such folder; folders found: {folders}"
+            )
         extra = [f for f in folders if f not in labels]
         if extra:
-            raise PipelineError(f"{source} has class folders {extra} that data.labels does not list: "
-                                "add them to data.labels or move them out")
+            raise PipelineError(
+                f"{source} has class folders {extra} that data.labels does not list: "
+                "add them to data.labels or move them out"
+            )
     files: list[Path] = []
     y: list[int] = []
     ignored: list[Path] = []
@@ -91,8 +102,7 @@ def scan(source: Path, labels: list[str] | None = None) -> Source:
             else:
                 ignored.append(path)
     if ignored:
-        log.warning("ignoring %d file(s) whose suffix is not an image format's, e.g. %s",
-                    len(ignored), ignored[0])
+        log.warning("ignoring %d file(s) whose suffix is not an image format's, e.g. %s", len(ignored), ignored[0])
     return Source(root=source, labels=list(labels), files=files, y=y, ignored=ignored)
 
 
@@ -119,8 +129,14 @@ def _decode_chunk(task: DecodeTask) -> list[str | None]:
     return errors
 
 
-def decode(src: Source, image_size: int, scratch_dir: Path, on_bad_image: str = "skip",
-           imap: Callable = map, progress: bool = False) -> Decoded:
+def decode(
+    src: Source,
+    image_size: int,
+    scratch_dir: Path,
+    on_bad_image: str = "skip",
+    imap: Callable = map,
+    progress: bool = False,
+) -> Decoded:
     """Decode every file of ``src`` into a scratch file in ``scratch_dir``.
 
     ``imap`` (see :func:`imgclf.pool.worker_pool`) spreads the work over processes. Unusable files are
@@ -141,8 +157,9 @@ def decode(src: Source, image_size: int, scratch_dir: Path, on_bad_image: str = 
                 if error is None:
                     rows.append(task.start + offset)
                 elif on_bad_image == "fail":
-                    raise PipelineError(f"{file}: {error} (data.on_bad_image is 'fail'; remove the file "
-                                        "or set it to 'skip')")
+                    raise PipelineError(
+                        f"{file}: {error} (data.on_bad_image is 'fail'; remove the file or set it to 'skip')"
+                    )
                 else:
                     log.warning("skipping %s: %s", file, error)
                     skipped.append((file, error))
@@ -151,10 +168,13 @@ def decode(src: Source, image_size: int, scratch_dir: Path, on_bad_image: str = 
     counts = np.bincount(y, minlength=len(src.labels))
     empty = [src.labels[k] for k in np.flatnonzero(counts == 0)]
     if empty:
-        raise PipelineError(f"class folder(s) {empty} under {src.root} have no usable image: add "
-                            "images or remove the folder (or its entry in data.labels)")
-    return Decoded(x=np.load(path, mmap_mode="r"), rows=np.asarray(rows, dtype=np.int64), y=y,
-                   skipped=skipped, path=path)
+        raise PipelineError(
+            f"class folder(s) {empty} under {src.root} have no usable image: add "
+            "images or remove the folder (or its entry in data.labels)"
+        )
+    return Decoded(
+        x=np.load(path, mmap_mode="r"), rows=np.asarray(rows, dtype=np.int64), y=y, skipped=skipped, path=path
+    )
 
 
 def label_dtype(n_classes: int) -> np.dtype:
@@ -162,8 +182,9 @@ def label_dtype(n_classes: int) -> np.dtype:
     return np.dtype(np.uint8 if n_classes <= 256 else np.uint32)
 
 
-def split_indices(y: np.ndarray, test_size: float, val_size: float, seed: int,
-                  labels: list[str]) -> dict[str, np.ndarray]:
+def split_indices(
+    y: np.ndarray, test_size: float, val_size: float, seed: int, labels: list[str]
+) -> dict[str, np.ndarray]:
     """Stratified, seeded split of original-image indices into train / val / test.
 
     ``val_size`` is a fraction of what is left after the test split.
@@ -174,8 +195,10 @@ def split_indices(y: np.ndarray, test_size: float, val_size: float, seed: int,
     need = 2 if val_size == 0 else 3
     small = {labels[k]: int(c) for k, c in enumerate(counts) if c < need}
     if small:
-        raise PipelineError(f"class(es) {small} have too few images for a stratified split (need at "
-                            f"least {need} each): add images or lower data.val_size to 0")
+        raise PipelineError(
+            f"class(es) {small} have too few images for a stratified split (need at "
+            f"least {need} each): add images or lower data.val_size to 0"
+        )
     idx = np.arange(len(y))
     try:
         rest, test = train_test_split(idx, test_size=test_size, stratify=y, random_state=seed)
@@ -184,9 +207,11 @@ def split_indices(y: np.ndarray, test_size: float, val_size: float, seed: int,
         else:
             train, val = rest, idx[:0]
     except ValueError as err:
-        raise PipelineError(f"cannot split {len(y)} images into {len(labels)} classes with "
-                            f"data.test_size={test_size}, data.val_size={val_size} ({err}); add "
-                            "images or raise the fractions") from None
+        raise PipelineError(
+            f"cannot split {len(y)} images into {len(labels)} classes with "
+            f"data.test_size={test_size}, data.val_size={val_size} ({err}); add "
+            "images or raise the fractions"
+        ) from None
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 

@@ -3,6 +3,7 @@
 The 1,797 8x8 grey images ship inside scikit-learn (no download). Written as PNG files in one
 folder per digit, they go through exactly the code path a user's photos take.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

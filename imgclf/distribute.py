@@ -6,6 +6,7 @@ multi-worker step loop.
 ``TF_CONFIG`` lists. Keras 3's ``model.fit`` cannot run the last one (keras-team/keras#20585), so
 :func:`fit_multi_worker` has its own step loop.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,10 @@ def split_cpu(devices: int) -> None:
 def tf_config() -> dict[str, Any]:
     """The cluster and this process's task from ``TF_CONFIG`` (for ``multi_worker``)."""
     raw = os.environ.get("TF_CONFIG", "")
-    hint = ('set it on every worker, e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-            '"task": {"type": "worker", "index": 0}}')
+    hint = (
+        'set it on every worker, e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+        '"task": {"type": "worker", "index": 0}}'
+    )
     if not raw:
         raise PipelineError(f"train.strategy is multi_worker but TF_CONFIG is not set: {hint}")
     try:
@@ -48,8 +51,12 @@ def tf_config() -> dict[str, Any]:
         kind, index = task["type"], int(task["index"])
     except (ValueError, KeyError, TypeError) as err:
         raise PipelineError(f"TF_CONFIG is not valid ({type(err).__name__}: {err}): {hint}") from None
-    if not isinstance(workers, list) or not workers or kind not in config["cluster"] \
-            or not 0 <= index < len(config["cluster"][kind]):
+    if (
+        not isinstance(workers, list)
+        or not workers
+        or kind not in config["cluster"]
+        or not 0 <= index < len(config["cluster"][kind])
+    ):
         raise PipelineError(f"TF_CONFIG's task {task} is not in its cluster {config['cluster']}: {hint}")
     return config
 
@@ -104,9 +111,17 @@ def is_multi_worker(strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-def fit_multi_worker(model, strategy, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray,
-                     y_val: np.ndarray, p: TrainParams, seed: int,
-                     record: Callable[[int, dict[str, float]], None]) -> None:
+def fit_multi_worker(
+    model,
+    strategy,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    p: TrainParams,
+    seed: int,
+    record: Callable[[int, dict[str, float]], None],
+) -> None:
     """Synchronous data-parallel training over the workers of ``strategy``, step by step.
 
     Each worker reads its own shard of the rows (every n-th, reshuffled each pass) in batches
@@ -122,14 +137,22 @@ def fit_multi_worker(model, strategy, x_train: np.ndarray, y_train: np.ndarray, 
     global_batch = p.batch_size
     replicas = strategy.num_replicas_in_sync
     if global_batch % replicas:
-        raise PipelineError(f"train.batch_size {global_batch} cannot be split evenly over {replicas} "
-                            f"replicas: make it a multiple of {replicas}")
+        raise PipelineError(
+            f"train.batch_size {global_batch} cannot be split evenly over {replicas} "
+            f"replicas: make it a multiple of {replicas}"
+        )
     steps = max(1, math.ceil(len(y_train) / global_batch))
 
     def train_input(context):
-        return make_dataset(x_train, y_train, context.get_per_replica_batch_size(global_batch), shuffle=True,
-                            seed=seed, shard=(context.num_input_pipelines, context.input_pipeline_id),
-                            repeat=True)
+        return make_dataset(
+            x_train,
+            y_train,
+            context.get_per_replica_batch_size(global_batch),
+            shuffle=True,
+            seed=seed,
+            shard=(context.num_input_pipelines, context.input_pipeline_id),
+            repeat=True,
+        )
 
     batches = iter(strategy.distribute_datasets_from_function(train_input))
     loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
@@ -174,5 +197,6 @@ def _sums(labels, probs, per_example):
 
     labels = tf.cast(labels, tf.int32)
     hits = tf.cast(tf.equal(tf.argmax(probs, axis=-1, output_type=tf.int32), labels), tf.float32)
-    return tf.stack([tf.reduce_sum(tf.cast(per_example, tf.float32)), tf.reduce_sum(hits),
-                     tf.cast(tf.shape(labels)[0], tf.float32)])
+    return tf.stack(
+        [tf.reduce_sum(tf.cast(per_example, tf.float32)), tf.reduce_sum(hits), tf.cast(tf.shape(labels)[0], tf.float32)]
+    )

@@ -1,4 +1,5 @@
 """Scoring predictions and drawing the reports: NumPy, scikit-learn and matplotlib only."""
+
 from __future__ import annotations
 
 import csv
@@ -19,10 +20,16 @@ def score(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str,
     y_pred = probs.argmax(axis=1)
     k = range(len(labels))
     picked = np.clip(probs[np.arange(len(y_true)), y_true], _EPS, 1.0)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=list(k), zero_division=0)
-    per_class = {labels[i]: {"precision": float(precision[i]), "recall": float(recall[i]),
-                             "f1": float(f1[i]), "support": int(support[i])} for i in k}
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=list(k), zero_division=0)
+    per_class = {
+        labels[i]: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i in k
+    }
     summary = {
         "test_accuracy": float(accuracy_score(y_true, y_pred)),
         "test_loss": float(-np.log(picked).mean()),
@@ -31,14 +38,17 @@ def score(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str,
         "test_macro_recall": float(recall.mean()),
         "test_images": int(len(y_true)),
     }
-    return {"metrics": summary, "per_class": per_class,
-            "confusion": confusion_matrix(y_true, y_pred, labels=list(k)), "y_pred": y_pred}
+    return {
+        "metrics": summary,
+        "per_class": per_class,
+        "confusion": confusion_matrix(y_true, y_pred, labels=list(k)),
+        "y_pred": y_pred,
+    }
 
 
 def per_class_metrics(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
     """``{"cats": {"recall": .9}}`` -> ``{"test_recall_cats": .9}`` for side-by-side comparison."""
-    return {f"test_{m}_{label}": float(v)
-            for label, row in per_class.items() for m, v in row.items() if m != "support"}
+    return {f"test_{m}_{label}": float(v) for label, row in per_class.items() for m, v in row.items() if m != "support"}
 
 
 def confusion_rows_csv(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> str:
@@ -69,15 +79,29 @@ def plot_confusion(cm: np.ndarray, labels: list[str], out: Path) -> None:
     norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
     for ax, data, title, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "normalised by true class", ".2f")):
         im = ax.imshow(data, cmap="Blues")
-        ax.set(xticks=range(n), yticks=range(n), xticklabels=labels, yticklabels=labels,
-               xlabel="predicted", ylabel="actual", title=f"Confusion matrix ({title})")
+        ax.set(
+            xticks=range(n),
+            yticks=range(n),
+            xticklabels=labels,
+            yticklabels=labels,
+            xlabel="predicted",
+            ylabel="actual",
+            title=f"Confusion matrix ({title})",
+        )
         ax.tick_params(axis="x", labelrotation=45)
         if n <= 30:
             top = data.max() or 1
             for i in range(n):
                 for j in range(n):
-                    ax.text(j, i, format(data[i, j], fmt), ha="center", va="center", fontsize=8,
-                            color="white" if data[i, j] > top / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        format(data[i, j], fmt),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if data[i, j] > top / 2 else "black",
+                    )
         fig.colorbar(im, ax=ax, shrink=0.8)
     fig.savefig(out, dpi=100, format="png")
     plt.close(fig)
@@ -102,8 +126,15 @@ def plot_history(history: list[dict[str, float]], out: Path) -> None:
     plt.close(fig)
 
 
-def plot_misclassified(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray,
-                       labels: list[str], out: Path, limit: int = 36) -> int:
+def plot_misclassified(
+    images: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    probs: np.ndarray,
+    labels: list[str],
+    out: Path,
+    limit: int = 36,
+) -> int:
     """A grid of (up to ``limit``) misclassified test images titled true -> predicted (p).
 
     The least confident mistakes are not the interesting ones: the grid shows the most
@@ -120,8 +151,9 @@ def plot_misclassified(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarra
     for ax, i in zip(axes.flat, order):
         ax.imshow(images[i], interpolation="nearest")
         ax.set_title(f"{labels[y_true[i]]} → {labels[y_pred[i]]}\n(p={probs[i, y_pred[i]]:.2f})", fontsize=8)
-    title = (f"Misclassified test images: {len(wrong)} of {len(y_true)}"
-             + (f" (the {len(order)} most confident shown)" if len(wrong) > len(order) else ""))
+    title = f"Misclassified test images: {len(wrong)} of {len(y_true)}" + (
+        f" (the {len(order)} most confident shown)" if len(wrong) > len(order) else ""
+    )
     if not len(wrong):
         axes[0, 0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=14)
     fig.suptitle(title, fontsize=10)
@@ -131,8 +163,9 @@ def plot_misclassified(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarra
     return int(len(wrong))
 
 
-def html_report(metrics: dict[str, Any], per_class: dict[str, dict[str, float]], params: dict[str, Any],
-                images: dict[str, Path]) -> str:
+def html_report(
+    metrics: dict[str, Any], per_class: dict[str, dict[str, float]], params: dict[str, Any], images: dict[str, Path]
+) -> str:
     """One self-contained HTML page: metrics, per-class table, the plots (embedded) and params."""
     import base64
     import html
@@ -142,18 +175,24 @@ def html_report(metrics: dict[str, Any], per_class: dict[str, dict[str, float]],
         body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Evaluation report</title><style>",
-             "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}",
-             "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}th{background:#f3f3f3}",
-             "td:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}</style></head><body>",
-             "<h1>Evaluation report</h1><h2>Test metrics</h2>",
-             table(["metric", "value"], [[k, v] for k, v in metrics.items()]),
-             "<h2>Per class</h2>",
-             table(["class", "precision", "recall", "F1", "support"],
-                   [[c, r["precision"], r["recall"], r["f1"], r["support"]] for c, r in per_class.items()])]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Evaluation report</title><style>",
+        "body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}",
+        "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}th{background:#f3f3f3}",
+        "td:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}</style></head><body>",
+        "<h1>Evaluation report</h1><h2>Test metrics</h2>",
+        table(["metric", "value"], [[k, v] for k, v in metrics.items()]),
+        "<h2>Per class</h2>",
+        table(
+            ["class", "precision", "recall", "F1", "support"],
+            [[c, r["precision"], r["recall"], r["f1"], r["support"]] for c, r in per_class.items()],
+        ),
+    ]
     for title, path in images.items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
+        parts.append(
+            f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"
+        )
     parts += ["<h2>Params</h2>", table(["param", "value"], [[k, v] for k, v in params.items()]), "</body></html>"]
     return "\n".join(parts) + "\n"
 

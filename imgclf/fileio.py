@@ -1,4 +1,5 @@
 """Writing outputs so that a crash or Ctrl-C never leaves a half-written result in place."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,7 @@ def atomic_path(target: Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix or ".tmp",
-                               dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix or ".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -69,8 +69,7 @@ def md5_tree(path: Path) -> str:
     path = Path(path)
     if path.is_file():
         return md5_file(path)
-    lines = [f"{p.relative_to(path).as_posix()}:{md5_file(p)}\n"
-             for p in sorted(path.rglob("*")) if p.is_file()]
+    lines = [f"{p.relative_to(path).as_posix()}:{md5_file(p)}\n" for p in sorted(path.rglob("*")) if p.is_file()]
     return hashlib.md5("".join(lines).encode("utf-8")).hexdigest()
 
 

@@ -2,6 +2,7 @@
 
 Kept apart from the evaluation code so that editing a plot never retrains the model.
 """
+
 from __future__ import annotations
 
 import csv

@@ -4,6 +4,7 @@ Pillow reads JPEG, PNG, BMP, GIF, WebP and TIFF. Every mode ends as 8-bit RGB: 1
 images are scaled (not clipped) into 0..255, transparency is flattened onto white, EXIF
 orientation is applied, and animated files use their first frame.
 """
+
 from __future__ import annotations
 
 import os

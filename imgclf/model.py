@@ -4,6 +4,7 @@ The default architecture is the seed's: per block a 'same' conv, a 'valid' conv,
 and dropout (blocks of 32 and 64 filters), then Dense 512, dropout and softmax. Pixels are scaled
 inside the model, so arrays stay uint8 on disk and the saved model takes raw 0..255 images.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,16 +32,23 @@ def build_model(image_size: int, n_classes: int, p: TrainParams):
     # float32 probabilities (and loss) whatever the compute precision.
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="cnn")
-    model.compile(optimizer=make_optimizer(p.optimizer, p.learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=make_optimizer(p.optimizer, p.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     return model
 
 
 def make_optimizer(name: str, learning_rate: float):
     import keras
 
-    classes = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
-               "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+    classes = {
+        "adam": keras.optimizers.Adam,
+        "adamw": keras.optimizers.AdamW,
+        "sgd": keras.optimizers.SGD,
+        "rmsprop": keras.optimizers.RMSprop,
+    }
     return classes[name](learning_rate=learning_rate)
 
 

@@ -3,6 +3,7 @@
 Every stage calls :func:`load` before doing any work, so an unknown key, a wrong type or an
 out-of-range value stops the pipeline at once with a one-line message naming the key.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -125,7 +126,7 @@ class Params(_Section):
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
 
     @model_validator(mode="after")
-    def _image_fits_architecture(self) -> "Params":
+    def _image_fits_architecture(self) -> Params:
         size = feature_map_size(self.data.image_size, self.train.kernel_size, len(self.train.conv_filters))
         if size < 1:
             raise ValueError(
@@ -166,7 +167,7 @@ def _format_error(err: ValidationError, source: str) -> str:
         msg = msg.replace("Input should be", "must be one of")
     msg = msg.replace("Input should be", "must be")
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if kind == "value_error" and not first["loc"]:
         return f"{source}: {msg}"
     return f"{source}: '{key}' {msg[0].lower() + msg[1:]} (got {first.get('input')!r})"

@@ -4,6 +4,7 @@ Paths hang off the project root (the folder holding ``dvc.yaml``, found from thi
 ``dvc exp run --temp`` copy writes into itself); ``dvc.yaml`` names the same files as stage deps
 and outs.
 """
+
 from __future__ import annotations
 
 import os

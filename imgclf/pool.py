@@ -5,6 +5,7 @@ a worker is killed while it holds the shared queue's lock, and ``ProcessPoolExec
 workers from a thread that needs this process's GIL, so workers wait whenever the parent is busy
 importing. Here each worker gets its whole share of a map at once through a pipe of its own.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -5,6 +5,7 @@ A model comes from the pipeline's ``models/model.h5`` (labels from ``data/prepar
 (``runs:/<run id>``, holding ``model/model.h5`` and ``model/labels.json``) or an MLflow model
 (``runs:/<run id>/keras_model``, ``models:/<name>/<version>``, whose metadata carries the labels).
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,8 +63,7 @@ def _checked(model, labels: list[str], source: str) -> Classifier:
     if len(shape) != 4 or shape[1] != shape[2] or shape[3] != 3:
         raise PipelineError(f"{source}: expected a model taking square RGB images, got input {shape}")
     if model.output_shape[-1] != len(labels):
-        raise PipelineError(f"{source}: the model has {model.output_shape[-1]} outputs but "
-                            f"{len(labels)} labels")
+        raise PipelineError(f"{source}: the model has {model.output_shape[-1]} outputs but {len(labels)} labels")
     return Classifier(model=model, labels=labels, image_size=int(shape[1]), source=source)
 
 
@@ -107,7 +107,7 @@ def classify(clf: Classifier, files: list[Path], top: int = 1, batch_size: int =
     """Yield ``(path, [(label, probability), ...] or None, error or None)`` per file, in order."""
     top = max(1, min(top, len(clf.labels)))
     for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
+        chunk = files[start : start + batch_size]
         arrays, kept, errors = [], [], {}
         for path in chunk:
             try:

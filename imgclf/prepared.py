@@ -8,6 +8,7 @@ Layout: ``x_{train,val,test}.npy`` (uint8 images), ``y_*.npy`` (class indices),
 ``labels.json`` (class names, in index order) and ``manifest.json`` (the MD5 of every file,
 see :func:`write_manifest`), whose MD5 is the dataset's fingerprint.
 """
+
 from __future__ import annotations
 
 import json

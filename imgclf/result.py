@@ -1,4 +1,5 @@
 """What a stage made, in a form the recorder logs: plain data, nothing about MLflow."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

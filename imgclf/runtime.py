@@ -1,4 +1,5 @@
 """TensorFlow's process-wide settings for training: seeds, determinism and compute precision."""
+
 from __future__ import annotations
 
 import random

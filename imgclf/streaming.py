@@ -4,6 +4,7 @@ A memory-mapped array is read batch by batch with ``pread`` (:class:`NpyRows`), 
 never holds the data set and its memory stays flat as the data grows; an in-memory array is
 sliced directly. Every pipeline here runs with tf.data's autotuning off (see :func:`_fixed`).
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,15 @@ def _streamable(x: np.ndarray) -> bool:
     return isinstance(x, np.memmap) and bool(x.filename) and x.flags.c_contiguous and len(x) > 0
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int,
-                 shard: tuple[int, int] | None = None, repeat: bool = False):
+def make_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    shard: tuple[int, int] | None = None,
+    repeat: bool = False,
+):
     """A tf.data pipeline of (uint8 images, int32 labels) batches, reshuffled every epoch (seeded).
 
     A memory-mapped array is streamed from disk batch by batch, so datasets larger than RAM

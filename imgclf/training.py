@@ -3,6 +3,7 @@
 :func:`train` is what the train stage runs, on every worker of a multi-worker cluster alike;
 :func:`fit` runs Keras' ``model.fit``, or the multi-worker step loop where ``fit`` cannot.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,9 +22,17 @@ from imgclf.streaming import make_dataset
 log = logging.getLogger(__name__)
 
 
-def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-        p: TrainParams, seed: int, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-        strategy=None) -> list[dict[str, Any]]:
+def fit(
+    model,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    p: TrainParams,
+    seed: int,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    strategy=None,
+) -> list[dict[str, Any]]:
     """Train ``model``; return one dict of metrics per epoch (``epoch`` counts from 1).
 
     ``model.fit`` does the work, except under a multi-worker strategy, which it cannot run in
@@ -36,8 +45,7 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     def record(epoch: int, logs: dict) -> None:
         row = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}}
         history.append(row)
-        log.info("epoch %d/%d: %s", epoch, p.epochs,
-                 " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+        log.info("epoch %d/%d: %s", epoch, p.epochs, " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
         if on_epoch:
             on_epoch(epoch, row)
 
@@ -52,8 +60,7 @@ def fit(model, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
     train_ds = make_dataset(x_train, y_train, p.batch_size, shuffle=True, seed=seed)
     val_ds = make_dataset(x_val, y_val, p.batch_size, shuffle=False, seed=seed) if len(x_val) else None
     # The dataset shuffles itself (seeded); Keras' own shuffle does not apply to tf.data.
-    model.fit(train_ds, validation_data=val_ds, epochs=p.epochs, verbose=0, shuffle=False,
-              callbacks=[_Record()])
+    model.fit(train_ds, validation_data=val_ds, epochs=p.epochs, verbose=0, shuffle=False, callbacks=[_Record()])
     return history
 
 

@@ -3,6 +3,7 @@
 Splits per original image (stratified, seeded) before augmenting the training part only, so
 copies of one photo never land on both sides of the split.
 """
+
 from __future__ import annotations
 
 import sys
@@ -70,7 +71,11 @@ def augment(p: Params, src: dataset.Source) -> StageResult:
     return StageResult(
         metrics=metrics,
         fingerprints={"data": fingerprint(paths.PREPARED_DIR)},
-        artifacts=[(paths.SKIPPED_REPORT, None), (paths.PREPARED_DIR / LABELS_FILE, None), (paths.AUGMENT_REPORT, None)],
+        artifacts=[
+            (paths.SKIPPED_REPORT, None),
+            (paths.PREPARED_DIR / LABELS_FILE, None),
+            (paths.AUGMENT_REPORT, None),
+        ],
         summary=(
             f"{report['images']} images in {report['classes']} classes -> train {sizes['train']} (augmented), "
             f"val {sizes['val']}, test {sizes['test']}; {len(skipped)} skipped"

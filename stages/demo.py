@@ -1,4 +1,5 @@
 """Stage ``demo``: write the embedded demo images (scikit-learn's digits) to ``data/demo``."""
+
 from __future__ import annotations
 
 import logging

@@ -3,6 +3,7 @@
 The last stage: its MLflow run ends under the pipeline run that the recorder writes for the
 result (every param that shaped it, its test metrics, the augment and train runs under it).
 """
+
 from __future__ import annotations
 
 from imgclf import paths, tracking

@@ -5,6 +5,7 @@ label/probability pairs follow). ``--json`` prints one JSON object per line inst
 cannot be decoded get a warning on stderr naming the file and why, and make the exit status 2.
 Not a DVC stage: it reads what the pipeline made.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,11 @@ log = logging.getLogger("predict")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
-    ap.add_argument("--model", help="a .h5 file, runs:/<run id>, runs:/<run id>/keras_model or "
-                                    "models:/<name>/<version> (default: models/model.h5)")
+    ap.add_argument(
+        "--model",
+        help="a .h5 file, runs:/<run id>, runs:/<run id>/keras_model or "
+        "models:/<name>/<version> (default: models/model.h5)",
+    )
     ap.add_argument("--top", type=int, default=1, metavar="K", help="show the K most likely labels")
     ap.add_argument("--json", action="store_true", help="one JSON object per line")
     ap.add_argument("--batch-size", type=int, default=64)

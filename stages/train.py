@@ -3,6 +3,7 @@
 With ``train.strategy: multi_worker`` the same command runs on every worker of the
 ``TF_CONFIG`` cluster; only the chief (worker 0) writes the outputs and logs to MLflow.
 """
+
 from __future__ import annotations
 
 import logging

@@ -2,6 +2,7 @@
 
 Run as ``python -m tests._train_probe STRATEGY`` by test_distributed.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,18 +33,30 @@ def main() -> None:
     order = np.random.default_rng(0).permutation(len(y))
     x, y = x[order], y[order]
     x_train, y_train, x_test, y_test = x[:90], y[:90], x[90:], y[90:]
-    p = TrainParams(conv_filters=[8], dense_units=16, epochs=8, batch_size=16, mixed_precision="off",
-                    strategy=strategy_name)
+    p = TrainParams(
+        conv_filters=[8], dense_units=16, epochs=8, batch_size=16, mixed_precision="off", strategy=strategy_name
+    )
     with strategy.scope():
         model = build_model(16, 3, p)
     start = time.perf_counter()
     history = fit(model, x_train, y_train, x_test[:0], y_test[:0], p, seed=0, strategy=strategy)
     seconds = time.perf_counter() - start
     accuracy = float((model.predict(x_test, verbose=0).argmax(1) == y_test).mean())
-    print(json.dumps({"strategy": strategy_name, "replicas": strategy.num_replicas_in_sync,
-                      "chief": is_chief(), "accuracy": accuracy, "seconds": seconds,
-                      "train_accuracy": history[-1]["accuracy"], "epochs": len(history),
-                      "weights_md5": weights_md5(model)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "strategy": strategy_name,
+                "replicas": strategy.num_replicas_in_sync,
+                "chief": is_chief(),
+                "accuracy": accuracy,
+                "seconds": seconds,
+                "train_accuracy": history[-1]["accuracy"],
+                "epochs": len(history),
+                "weights_md5": weights_md5(model),
+            }
+        ),
+        flush=True,
+    )
 
 
 def weights_md5(model) -> str:

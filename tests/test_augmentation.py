@@ -1,4 +1,5 @@
 """Augmentation and the prepared folder: split before augmenting, same bytes for any worker count."""
+
 from __future__ import annotations
 
 import hashlib
@@ -44,10 +45,10 @@ def _prepare(src_dir: Path, out_dir: Path, seed: int = 0, workers: int = 1):
 def _x_train_digest(path: Path, copies: int) -> str:
     """What the manifest should hold for x_train, recomputed from the file as written."""
     x = np.load(path, mmap_mode="r")
-    digest = hashlib.md5(path.read_bytes()[:x.offset])
+    digest = hashlib.md5(path.read_bytes()[: x.offset])
     rows = dataset.CHUNK * copies
     for start in range(0, len(x), rows):
-        digest.update(hashlib.sha1(np.ascontiguousarray(x[start:start + rows])).digest())
+        digest.update(hashlib.sha1(np.ascontiguousarray(x[start : start + rows])).digest())
     return digest.hexdigest()
 
 

@@ -1,4 +1,5 @@
 """Stage outcomes become exit codes and one line on stderr."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,14 +11,18 @@ from imgclf.errors import PipelineError
 def _raise(exc: BaseException):
     def body():
         raise exc
+
     return body
 
 
-@pytest.mark.parametrize("exc, code, text", [
-    (PipelineError("data.source 'x' is not a folder"), 2, "error: augment: data.source 'x' is not a folder"),
-    (ValueError("odd"), 1, "error: augment: ValueError: odd (set IMGCLF_DEBUG=1 for the traceback)"),
-    (KeyboardInterrupt(), 130, "error: augment: interrupted"),
-])
+@pytest.mark.parametrize(
+    "exc, code, text",
+    [
+        (PipelineError("data.source 'x' is not a folder"), 2, "error: augment: data.source 'x' is not a folder"),
+        (ValueError("odd"), 1, "error: augment: ValueError: odd (set IMGCLF_DEBUG=1 for the traceback)"),
+        (KeyboardInterrupt(), 130, "error: augment: interrupted"),
+    ],
+)
 def test_failures_end_in_one_line_and_an_exit_code(capsys, monkeypatch, exc, code, text):
     monkeypatch.delenv("IMGCLF_DEBUG", raising=False)
     assert run_stage("augment", _raise(exc)) == code
@@ -60,10 +65,10 @@ from imgclf.errors import PipelineError
 
 def late_write():
     time.sleep(0.3)
-    Path({str(tmp_path / 'thread.txt')!r}).write_text("joined")
+    Path({str(tmp_path / "thread.txt")!r}).write_text("joined")
 
 def body():
-    atexit.register(lambda: Path({str(tmp_path / 'atexit.txt')!r}).write_text("ran"))
+    atexit.register(lambda: Path({str(tmp_path / "atexit.txt")!r}).write_text("ran"))
     threading.Thread(target=late_write).start()
     sys.stdout.write("buffered, no newline")
     if {code}:

@@ -1,4 +1,5 @@
 """Scanning class folders, splitting before augmenting, deterministic uint8 outputs."""
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,12 @@ def test_scan_follows_labels_order_nested_folders_and_unicode(tmp_path: Path):
     src = dataset.scan(root, ["犬", "猫"])
     assert src.labels == ["犬", "猫"]
     # Ordered by path within each class: "サブ/..." sorts before "一.png" by code point.
-    assert [f.relative_to(root).as_posix() for f in src.files] == ["犬/サブ/二.jpg", "犬/一.png", "猫/サブ/二.jpg", "猫/一.png"]
+    assert [f.relative_to(root).as_posix() for f in src.files] == [
+        "犬/サブ/二.jpg",
+        "犬/一.png",
+        "猫/サブ/二.jpg",
+        "猫/一.png",
+    ]
     assert src.y == [0, 0, 1, 1]
 
 
@@ -46,10 +52,13 @@ def test_symlinked_files_are_read(class_folders: Path, tmp_path: Path):
     assert any(f.name == "link.png" for f in src.files)
 
 
-@pytest.mark.parametrize("labels, fragment", [
-    (["red", "green", "purple"], "no such folder"),
-    (["red", "green"], "does not list"),
-])
+@pytest.mark.parametrize(
+    "labels, fragment",
+    [
+        (["red", "green", "purple"], "no such folder"),
+        (["red", "green"], "does not list"),
+    ],
+)
 def test_labels_must_match_folders(class_folders: Path, labels, fragment):
     with pytest.raises(PipelineError, match=fragment):
         dataset.scan(class_folders, labels)

@@ -1,4 +1,5 @@
 """dvc.yaml stays honest: each stage lists exactly the code it runs and the params that shape it."""
+
 from __future__ import annotations
 
 import ast

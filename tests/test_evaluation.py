@@ -1,4 +1,5 @@
 """Scores against hand-computed values; reports DVC and people can read."""
+
 from __future__ import annotations
 
 import csv
@@ -43,8 +44,10 @@ def test_per_class_metrics_are_flat_and_keep_the_class_name():
 
 
 def test_history_round_trip_and_plots(tmp_path: Path):
-    rows = [{"epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.4},
-               {"epoch": 2, "loss": 0.5, "accuracy": 0.8, "val_loss": 0.7, "val_accuracy": 0.6}]
+    rows = [
+        {"epoch": 1, "loss": 1.0, "accuracy": 0.5, "val_loss": 1.1, "val_accuracy": 0.4},
+        {"epoch": 2, "loss": 0.5, "accuracy": 0.8, "val_loss": 0.7, "val_accuracy": 0.6},
+    ]
     path = tmp_path / "h.csv"
     path.write_text(history.history_csv(rows))
     back = history.read_history_csv(path)
@@ -63,10 +66,15 @@ def test_misclassified_grid_and_html_report(tmp_path: Path):
     wrong = evaluation.plot_misclassified(images, y_true, probs.argmax(1), probs, ["cat", "dog"], tmp_path / "m.png")
     assert wrong == 2
     assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"
-    assert evaluation.plot_misclassified(images, y_true, y_true, np.eye(2)[y_true], ["cat", "dog"],
-                                         tmp_path / "none.png") == 0
-    page = evaluation.html_report({"test_accuracy": 0.6}, {"cat": {"precision": 0.5, "recall": 0.5, "f1": 0.5,
-                                                                    "support": 2}},
-                                  {"train.epochs": 5, "data.labels": "<script>"}, {"Wrong": tmp_path / "m.png"})
+    assert (
+        evaluation.plot_misclassified(images, y_true, y_true, np.eye(2)[y_true], ["cat", "dog"], tmp_path / "none.png")
+        == 0
+    )
+    page = evaluation.html_report(
+        {"test_accuracy": 0.6},
+        {"cat": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}},
+        {"train.epochs": 5, "data.labels": "<script>"},
+        {"Wrong": tmp_path / "m.png"},
+    )
     assert "0.6000" in page and "train.epochs" in page and "data:image/png;base64," in page
     assert "<script>" not in page and "&lt;script&gt;" in page

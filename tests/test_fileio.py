@@ -1,4 +1,5 @@
 """Atomic writes: a failure mid-write leaves the old result (or nothing), never a partial file."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,10 +15,9 @@ def test_atomic_path_replaces_only_on_success(tmp_path: Path):
         assert tmp.suffix == ".h5" and tmp.parent == target.parent
         tmp.write_bytes(b"v1")
     assert target.read_bytes() == b"v1"
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
     assert target.read_bytes() == b"v1"
     assert sorted(p.name for p in target.parent.iterdir()) == ["model.h5"]
 
@@ -26,10 +26,9 @@ def test_atomic_dir_replaces_only_on_success(tmp_path: Path):
     target = tmp_path / "prepared"
     with atomic_dir(target) as tmp:
         (tmp / "a.npy").write_bytes(b"1")
-    with pytest.raises(OSError):
-        with atomic_dir(target) as tmp:
-            (tmp / "a.npy").write_bytes(b"2")
-            raise OSError("disk full")
+    with pytest.raises(OSError), atomic_dir(target) as tmp:
+        (tmp / "a.npy").write_bytes(b"2")
+        raise OSError("disk full")
     assert (target / "a.npy").read_bytes() == b"1"
     assert [p.name for p in tmp_path.iterdir()] == ["prepared"]
 

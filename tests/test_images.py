@@ -1,4 +1,5 @@
 """Decoding: every supported format and mode ends as (S, S, 3) uint8 RGB, bad files are refused."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,9 @@ def _gradient(size: int = 12) -> np.ndarray:
     return np.stack([np.tile(x, (size, 1)), np.tile(x[:, None], (1, size)), np.full((size, size), 128.0)], -1)
 
 
-@pytest.mark.parametrize("fmt, suffix", [("JPEG", "jpg"), ("PNG", "png"), ("BMP", "bmp"), ("GIF", "gif"),
-                                         ("WEBP", "webp"), ("TIFF", "tif")])
+@pytest.mark.parametrize(
+    "fmt, suffix", [("JPEG", "jpg"), ("PNG", "png"), ("BMP", "bmp"), ("GIF", "gif"), ("WEBP", "webp"), ("TIFF", "tif")]
+)
 def test_each_format_decodes_to_rgb(tmp_path: Path, fmt: str, suffix: str):
     img = Image.fromarray(_gradient().astype(np.uint8), "RGB")
     path = tmp_path / f"img.{suffix}"
@@ -79,11 +81,14 @@ def test_animated_gif_uses_first_frame(tmp_path: Path):
     assert out[..., 0].mean() > 200 and out[..., 2].mean() < 50
 
 
-@pytest.mark.parametrize("content, reason", [
-    (b"", "not an image"),
-    (b"hello, I am a text file\n", "not an image"),
-    (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "not an image"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"", "not an image"),
+        (b"hello, I am a text file\n", "not an image"),
+        (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "not an image"),
+    ],
+)
 def test_non_images_are_refused(tmp_path: Path, content: bytes, reason: str):
     path = tmp_path / "fake.jpg"
     path.write_bytes(content)

@@ -1,4 +1,5 @@
 """The CNN and its training: the seed's shapes, raw uint8 input, .h5 round trip, repeatable fits."""
+
 from __future__ import annotations
 
 import json
@@ -101,12 +102,16 @@ def test_tf_config_is_checked_and_names_the_chief(monkeypatch: pytest.MonkeyPatc
         monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
         assert is_chief() is chief
         assert tf_config()["task"] == task
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {**cluster, "chief": ["127.0.0.1:3"]},
-                                                "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        json.dumps({"cluster": {**cluster, "chief": ["127.0.0.1:3"]}, "task": {"type": "worker", "index": 0}}),
+    )
     assert not is_chief()
-    for bad, fragment in [("{not json", "TF_CONFIG is not valid"),
-                          (json.dumps({"task": {"type": "worker", "index": 0}}), "TF_CONFIG is not valid"),
-                          (json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 2}}), "is not in its cluster")]:
+    for bad, fragment in [
+        ("{not json", "TF_CONFIG is not valid"),
+        (json.dumps({"task": {"type": "worker", "index": 0}}), "TF_CONFIG is not valid"),
+        (json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 2}}), "is not in its cluster"),
+    ]:
         monkeypatch.setenv("TF_CONFIG", bad)
         with pytest.raises(PipelineError, match=fragment):
             tf_config()

@@ -33,7 +33,10 @@ def test_project_params_file_is_valid_and_matches_defaults():
         ({"data": {"labels": ["a", "a"]}}, "more than once"),
         ({"augment": {"angles": []}}, "'augment.angles'"),
         ({"data": {"image_size": 8}}, "data.image_size 8 is too small"),
-        ({"train": {"strategy": "multiworker"}}, "'train.strategy' must be one of 'default', 'mirrored' or 'multi_worker'"),
+        (
+            {"train": {"strategy": "multiworker"}},
+            "'train.strategy' must be one of 'default', 'mirrored' or 'multi_worker'",
+        ),
     ],
 )
 def test_bad_params_give_one_line_naming_the_key(raw, fragment):

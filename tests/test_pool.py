@@ -1,4 +1,5 @@
 """The worker pool: order kept, task errors raised here, a dead worker raises instead of hanging."""
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,6 @@ def test_worker_pool_raises_when_a_worker_dies():
     import time
 
     start = time.perf_counter()
-    with pytest.raises(RuntimeError, match="died"):
-        with worker_pool(2) as imap:
-            list(imap(_square_or_fail, [1, 2, 3, -1, 5, 6]))
+    with pytest.raises(RuntimeError, match="died"), worker_pool(2) as imap:
+        list(imap(_square_or_fail, [1, 2, 3, -1, 5, 6]))
     assert time.perf_counter() - start < 60  # and no hang

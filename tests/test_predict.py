@@ -1,4 +1,5 @@
 """python -m stages.predict on a real (tiny) model: lines, --top, --json, bad files, bad models."""
+
 from __future__ import annotations
 
 import json
@@ -80,13 +81,16 @@ def test_bad_files_get_the_augment_messages(model_dir: Path, tmp_path: Path, cap
     assert err[-1] == "error: predict: 1 of 4 file(s) could not be classified (see the warnings above)"
 
 
-@pytest.mark.parametrize("setup, fragment", [
-    ("missing_model", "model not found"),
-    ("no_labels", "class labels not found"),
-    ("wrong_labels", "3 outputs but 2 labels"),
-    ("not_a_model", "not a Keras model file"),
-    ("missing_input", "no such file or folder"),
-])
+@pytest.mark.parametrize(
+    "setup, fragment",
+    [
+        ("missing_model", "model not found"),
+        ("no_labels", "class labels not found"),
+        ("wrong_labels", "3 outputs but 2 labels"),
+        ("not_a_model", "not a Keras model file"),
+        ("missing_input", "no such file or folder"),
+    ],
+)
 def test_bad_models_and_inputs(model_dir: Path, tmp_path: Path, capsys, setup: str, fragment: str):
     image = make_class_folders(tmp_path / "in", per_class=1) / "red" / "00.png"
     model = tmp_path / "m" / "model.h5"

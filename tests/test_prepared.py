@@ -1,4 +1,5 @@
 """The prepared folder's reader: missing files and bad label lists say what to do."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +19,12 @@ def test_labels_round_trip_and_bad_lists_are_refused(tmp_path: Path):
     path = tmp_path / "labels.json"
     write_labels(path, ["猫", "dog"])
     assert read_labels(path) == ["猫", "dog"]
-    for text, fragment in [("{broken", "cannot read the class labels"), ('{"a": 1}', "expected a JSON list"),
-                           ('["a", 2]', "expected a JSON list"), ('["a", "a"]', "more than once")]:
+    for text, fragment in [
+        ("{broken", "cannot read the class labels"),
+        ('{"a": 1}', "expected a JSON list"),
+        ('["a", 2]', "expected a JSON list"),
+        ('["a", "a"]', "more than once"),
+    ]:
         path.write_text(text)
         with pytest.raises(PipelineError, match=fragment):
             read_labels(path)

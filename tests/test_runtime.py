@@ -1,4 +1,5 @@
 """TensorFlow's process-wide settings: the compute precision."""
+
 from __future__ import annotations
 
 from imgclf.runtime import resolve_precision

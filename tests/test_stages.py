@@ -1,4 +1,5 @@
 """Stage entry points in-process, on a workspace in tmp_path: bad input and faults end cleanly."""
+
 from __future__ import annotations
 
 import csv
@@ -17,8 +18,20 @@ from stages import augment, train
 
 from .conftest import TINY_PARAMS, make_class_folders
 
-OUTPUTS = ("PREPARED_DIR", "MODEL", "REPORTS", "AUGMENT_REPORT", "SKIPPED_REPORT", "HISTORY", "TRAIN_REPORT",
-           "METRICS", "PER_CLASS", "CONFUSION_CSV", "CONFUSION_PNG", "CURVES_PNG")
+OUTPUTS = (
+    "PREPARED_DIR",
+    "MODEL",
+    "REPORTS",
+    "AUGMENT_REPORT",
+    "SKIPPED_REPORT",
+    "HISTORY",
+    "TRAIN_REPORT",
+    "METRICS",
+    "PER_CLASS",
+    "CONFUSION_CSV",
+    "CONFUSION_PNG",
+    "CURVES_PNG",
+)
 
 
 @pytest.fixture
@@ -87,13 +100,16 @@ def test_fail_policy_stops_at_the_bad_file_and_writes_nothing(workspace, capsys)
     assert [r.info.status for r in _runs("augment")] == ["FAILED"]
 
 
-@pytest.mark.parametrize("params, fragment", [
-    ({"train": {"epochs": 0}}, "'train.epochs'"),
-    ({"data": {"test_size": 1.5}}, "'data.test_size'"),
-    ({"train": {"optimizer": "adagrad"}}, "'train.optimizer' must be one of"),
-    ({"train": {"epoch": 3}}, "unknown key 'train.epoch'"),
-    ({"data": {"image_size": 8}}, "too small"),
-])
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        ({"train": {"epochs": 0}}, "'train.epochs'"),
+        ({"data": {"test_size": 1.5}}, "'data.test_size'"),
+        ({"train": {"optimizer": "adagrad"}}, "'train.optimizer' must be one of"),
+        ({"train": {"epoch": 3}}, "unknown key 'train.epoch'"),
+        ({"data": {"image_size": 8}}, "too small"),
+    ],
+)
 def test_bad_params_stop_before_any_work(workspace, capsys, params, fragment):
     workspace.write_params(**params)
     assert run_stage("augment", augment.run) == 2
@@ -102,14 +118,17 @@ def test_bad_params_stop_before_any_work(workspace, capsys, params, fragment):
     assert _runs("augment") == []
 
 
-@pytest.mark.parametrize("setup, fragment", [
-    ("missing", "is not a folder"),
-    ("empty", "no class folders"),
-    ("empty_class", "have no usable image"),
-    ("tiny_class", "too few images"),
-    ("unknown_label", "no such folder"),
-    ("unlisted_folder", "does not list"),
-])
+@pytest.mark.parametrize(
+    "setup, fragment",
+    [
+        ("missing", "is not a folder"),
+        ("empty", "no class folders"),
+        ("empty_class", "have no usable image"),
+        ("tiny_class", "too few images"),
+        ("unknown_label", "no such folder"),
+        ("unlisted_folder", "does not list"),
+    ],
+)
 def test_folder_problems_say_what_to_do(workspace, capsys, setup, fragment):
     images = workspace.images
     if setup == "missing":

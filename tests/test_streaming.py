@@ -1,4 +1,5 @@
 """Training input: streamed and in-memory batches agree, shuffle per seed, shard per worker."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,6 @@ def _data(n=48, size=12):
     x = rng.integers(0, 60, (n, size, size, 3)).astype(np.uint8)
     x[np.arange(n), :, :, y] += 180  # class = brightest channel
     return x, y
-
 
 
 def test_streamed_memmap_gives_the_same_batches_as_memory(tmp_path: Path):

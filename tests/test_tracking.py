@@ -1,4 +1,5 @@
 """MLflow plumbing on a real SQLite store: the recorder, run status, tags, the pipeline run."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,13 +43,19 @@ def test_recorder_logs_shaping_params_progress_and_result(mlflow_store: str, tmp
         rec.log_params({"model.parameters": 1234})
         for epoch in (1, 2):
             rec.log_epoch(epoch, {"val_loss": 1.0 / epoch})
-        rec.record(StageResult(metrics={"accuracy": 0.5, "per class: cats!": 1.0}, fingerprints={"data": "abc"},
-                               artifacts=[(report, "reports")]))
+        rec.record(
+            StageResult(
+                metrics={"accuracy": 0.5, "per class: cats!": 1.0},
+                fingerprints={"data": "abc"},
+                artifacts=[(report, "reports")],
+            )
+        )
     (run,) = _runs("train")
     assert run.info.status == "FINISHED"
     # Exactly the sections that shape the stage, flattened as DVC names them, plus what it found out.
     assert set(run.data.params) == {f"base.{k}" for k in P.section("base")} | {
-        f"train.{k}" for k in P.section("train")} | {"model.parameters"}
+        f"train.{k}" for k in P.section("train")
+    } | {"model.parameters"}
     assert run.data.params["train.conv_filters"] == "[4, 8]" and run.data.params["model.parameters"] == "1234"
     assert run.data.tags[tracking.TAG_STAGE] == "train" and run.data.tags["dvc.exp_name"] == "exp-abc"
     assert run.data.tags[tracking.TAG_DATA_MD5] == "abc"
@@ -57,15 +64,13 @@ def test_recorder_logs_shaping_params_progress_and_result(mlflow_store: str, tmp
     assert run.data.metrics["mlflow_seconds"] > 0
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_loss")
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5)]
-    assert [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "reports")] == [
-        "reports/report.json"]
+    assert [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "reports")] == ["reports/report.json"]
 
 
 @pytest.mark.parametrize("exc, status", [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
 def test_recorder_closes_failed_or_killed(mlflow_store: str, exc: BaseException, status: str):
-    with pytest.raises(type(exc)):
-        with tracking.recorder("augment", P):
-            raise exc
+    with pytest.raises(type(exc)), tracking.recorder("augment", P):
+        raise exc
     (run,) = _runs("augment")
     assert run.info.status == status
     assert mlflow.active_run() is None
@@ -75,9 +80,8 @@ def test_unreachable_server_fails_before_the_stage_works(monkeypatch: pytest.Mon
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     worked = []
-    with pytest.raises(PipelineError, match="127.0.0.1:9.*connection refused"):
-        with tracking.recorder("train", P):
-            worked.append(True)
+    with pytest.raises(PipelineError, match="127.0.0.1:9.*connection refused"), tracking.recorder("train", P):
+        worked.append(True)
     assert worked == []
 
 
@@ -128,9 +132,8 @@ def test_final_stage_writes_the_pipeline_run_over_the_stage_runs(mlflow_store: s
 
 
 def test_a_failed_final_stage_writes_no_pipeline_run(mlflow_store: str):
-    with pytest.raises(RuntimeError):
-        with tracking.recorder("evaluate", P):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), tracking.recorder("evaluate", P):
+        raise RuntimeError("boom")
     assert [r.info.run_name for r in _runs()] == ["evaluate"]
 
 

@@ -8,6 +8,7 @@
 
 Nothing here imports MLflow until it is used.
 """
+
 from imgclf.tracking.lineage import PIPELINE
 from imgclf.tracking.recorder import Recorder, recorder
 from imgclf.tracking.runs import (

@@ -7,6 +7,7 @@ of the model for train), which their runs carry as tags. A stage that DVC skippe
 no code; its earlier run, already under an earlier pipeline run, is then linked by a small child
 run that copies its params and metrics, so every pipeline run shows every stage.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,7 @@ def find_stage_run(experiment_id: str, stage: str, tag: str, value: str):
 
     runs = mlflow.MlflowClient().search_runs(
         [experiment_id],
-        filter_string=f"tags.`{TAG_STAGE}` = '{stage}' and tags.`{tag}` = '{value}' "
-        "and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{TAG_STAGE}` = '{stage}' and tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )

@@ -1,4 +1,5 @@
 """Logging a trained Keras model as an MLflow model, optionally registered."""
+
 from __future__ import annotations
 
 

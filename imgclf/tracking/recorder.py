@@ -20,6 +20,7 @@ Opening the store is done in the foreground: overlapping it with the stage's wor
 second per stage and needed thread-aware process forking, import-order rules and a second code
 path. Nothing else calls MLflow during a stage.
 """
+
 from __future__ import annotations
 
 import contextlib

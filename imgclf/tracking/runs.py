@@ -1,5 +1,6 @@
 """A run's life cycle: the tags every run carries, opening and closing a stage's run, and
 writing a finished run in one go (the pipeline run and the links to cached stages)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -4,6 +4,7 @@ The default store is a SQLite file at the main repository (``DVC_ROOT``), with a
 it, so ``dvc exp run --temp`` and queued experiments, which run in throw-away copies, keep their
 runs. ``MLFLOW_TRACKING_URI`` points elsewhere (a team server) and nothing else changes.
 """
+
 from __future__ import annotations
 
 import contextlib
