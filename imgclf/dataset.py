@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from sklearn.model_selection import train_test_split
 
 from imgclf.errors import PipelineError
 from imgclf.images import BadImage, is_image_name, iter_files, load_image
@@ -189,8 +190,6 @@ def split_indices(
 
     ``val_size`` is a fraction of what is left after the test split.
     """
-    from sklearn.model_selection import train_test_split  # not at import: worker processes skip it
-
     counts = np.bincount(y, minlength=len(labels))
     need = 2 if val_size == 0 else 3
     small = {labels[k]: int(c) for k, c in enumerate(counts) if c < need}

@@ -131,9 +131,6 @@ def fit_multi_worker(
     hang otherwise). Validation runs on each worker's own copy of the weights, which are the
     same everywhere. ``record(epoch, logs)`` gets the same keys as ``model.fit`` gives.
     """
-    import keras
-    import tensorflow as tf
-
     global_batch = p.batch_size
     replicas = strategy.num_replicas_in_sync
     if global_batch % replicas:
@@ -142,11 +139,25 @@ def fit_multi_worker(
             f"replicas: make it a multiple of {replicas}"
         )
     steps = max(1, math.ceil(len(y_train) / global_batch))
+    batches = iter(_sharded_batches(strategy, x_train, y_train, global_batch, seed))
+    train_step, val_step = _step_functions(model, strategy, global_batch)
+    val_ds = make_dataset(x_val, y_val, global_batch, shuffle=False, seed=seed) if len(x_val) else None
+    for epoch in range(1, p.epochs + 1):
+        totals = sum(train_step(batches).numpy() for _ in range(steps))
+        logs = {"accuracy": totals[1] / totals[2], "loss": totals[0] / totals[2]}
+        if val_ds is not None:
+            totals = sum(val_step(images, labels).numpy() for images, labels in val_ds)
+            logs.update({"val_accuracy": totals[1] / totals[2], "val_loss": totals[0] / totals[2]})
+        record(epoch, logs)
 
-    def train_input(context):
+
+def _sharded_batches(strategy, x: np.ndarray, y: np.ndarray, global_batch: int, seed: int):
+    """Endless per-replica batches: each worker's pipeline reads its own shard of the rows."""
+
+    def one_pipeline(context):
         return make_dataset(
-            x_train,
-            y_train,
+            x,
+            y,
             context.get_per_replica_batch_size(global_batch),
             shuffle=True,
             seed=seed,
@@ -154,7 +165,15 @@ def fit_multi_worker(
             repeat=True,
         )
 
-    batches = iter(strategy.distribute_datasets_from_function(train_input))
+    return strategy.distribute_datasets_from_function(one_pipeline)
+
+
+def _step_functions(model, strategy, global_batch: int):
+    """``train_step(iterator)`` and ``val_step(images, labels)``, each returning the summed
+    [loss, correct, examples] of its batch over all replicas (see :func:`_sums`)."""
+    import keras
+    import tensorflow as tf
+
     loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
     optimizer = model.optimizer
     variables = model.trainable_variables
@@ -181,14 +200,7 @@ def fit_multi_worker(
         probs = model(images, training=False)
         return _sums(labels, probs, loss_fn(labels, probs))
 
-    val_ds = make_dataset(x_val, y_val, global_batch, shuffle=False, seed=seed) if len(x_val) else None
-    for epoch in range(1, p.epochs + 1):
-        totals = sum(train_step(batches).numpy() for _ in range(steps))
-        logs = {"accuracy": totals[1] / totals[2], "loss": totals[0] / totals[2]}
-        if val_ds is not None:
-            totals = sum(val_step(images, labels).numpy() for images, labels in val_ds)
-            logs.update({"val_accuracy": totals[1] / totals[2], "val_loss": totals[0] / totals[2]})
-        record(epoch, logs)
+    return train_step, val_step
 
 
 def _sums(labels, probs, per_example):

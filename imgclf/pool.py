@@ -37,22 +37,50 @@ def worker_pool(workers: int) -> Iterator[Callable[[Callable, Iterable], Iterato
     if workers <= 1:
         yield map
         return
-    single = threading.active_count() == 1
-    method = "fork" if single and "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    procs: list[tuple[Any, Any, Any]] = []
-    broken: list[str] = []
+    pool = _Pool(workers)
+    try:
+        yield pool.imap
+    except BaseException:
+        pool.kill()
+        raise
+    finally:
+        pool.close()
 
-    def imap(fn: Callable, tasks: Iterable) -> Iterator:
-        if broken:
-            raise RuntimeError(broken[0])
+
+class _Pool:
+    """Worker processes, each with a pipe for its tasks and one for its results."""
+
+    def __init__(self, workers: int):
+        single = threading.active_count() == 1
+        method = "fork" if single and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        self.procs: list[tuple[Any, Any, Any]] = []
+        self.broken = ""
+        try:
+            for _ in range(workers):
+                task_out, task_in = context.Pipe(duplex=False)
+                result_out, result_in = context.Pipe(duplex=False)
+                proc = context.Process(target=_serve, args=(task_out, result_in), daemon=True)
+                proc.start()
+                task_out.close()
+                result_in.close()
+                self.procs.append((proc, task_in, result_out))
+        except BaseException:
+            self.kill()
+            self.close()
+            raise
+
+    def imap(self, fn: Callable, tasks: Iterable) -> Iterator:
+        if self.broken:
+            raise RuntimeError(self.broken)
         tasks = list(tasks)
-        for k, (_, send, _) in enumerate(procs):
-            send.send((fn, tasks[k :: len(procs)]))
+        n = len(self.procs)
+        for k, (_, send, _) in enumerate(self.procs):
+            send.send((fn, tasks[k::n]))
         received = 0
         try:
             for i in range(len(tasks)):
-                proc, _, receive = procs[i % len(procs)]
+                proc, _, receive = self.procs[i % n]
                 try:
                     ok, value = receive.recv()
                 except EOFError:
@@ -66,36 +94,23 @@ def worker_pool(workers: int) -> Iterator[Callable[[Callable, Iterable], Iterato
                 yield value
         finally:
             if received < len(tasks):  # results still on their way: the pool cannot be reused
-                broken.append("worker pool abandoned after a failed or unfinished map")
-                _kill(procs)
+                self.broken = "worker pool abandoned after a failed or unfinished map"
+                self.kill()
 
-    try:
-        for _ in range(workers):
-            task_out, task_in = context.Pipe(duplex=False)
-            result_out, result_in = context.Pipe(duplex=False)
-            proc = context.Process(target=_serve, args=(task_out, result_in), daemon=True)
-            proc.start()
-            task_out.close()
-            result_in.close()
-            procs.append((proc, task_in, result_out))
-        yield imap
-    except BaseException:
-        _kill(procs)
-        raise
-    finally:
-        for _, send, _ in procs:
+    def kill(self) -> None:
+        for proc, _, _ in self.procs:
+            if proc.is_alive():
+                proc.kill()
+
+    def close(self) -> None:
+        """Tell every worker to stop, then wait for it."""
+        for _, send, _ in self.procs:
             with contextlib.suppress(OSError):
                 send.send(None)
             send.close()
-        for proc, _, receive in procs:
+        for proc, _, receive in self.procs:
             proc.join()
             receive.close()
-
-
-def _kill(procs: list) -> None:
-    for proc, _, _ in procs:
-        if proc.is_alive():
-            proc.kill()
 
 
 def _serve(tasks_in, results_out) -> None:

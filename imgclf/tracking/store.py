@@ -19,6 +19,9 @@ from imgclf.errors import PipelineError
 # Fail fast on a dead tracking server instead of retrying for minutes (users may override).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# No usage reports to MLflow's makers: the pipeline talks to its tracking store and nothing else,
+# and the reporting thread would make the augment stage spawn its workers instead of forking them.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def default_store() -> Path:
