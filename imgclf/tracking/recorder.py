@@ -2,23 +2,25 @@
 
 A stage entry point reads::
 
-    p = load(paths.PARAMS)
+    p = load(paths.PARAMS)                        # bad params or inputs: an error, no run
+    data = load_prepared(paths.PREPARED_DIR)
     with recorder("train", p) as rec:
-        result = compute(p, on_epoch=rec.log_epoch)
+        result = compute(p, data, on_epoch=rec.log_epoch)
         rec.record(result)
 
-The recorder opens the store and the stage's run *before* the stage works, so a dead tracking
-server or a bad ``MLFLOW_TRACKING_URI`` stops the stage in seconds, not after hours of training.
-It logs the params that shape the stage (``STAGE_PARAMS``), then what the stage reports as it
-goes (per-epoch metrics), then its :class:`~imgclf.result.StageResult`: metrics, facts,
-fingerprints as tags, artifacts and the Keras model. It closes the run FINISHED, FAILED or KILLED
-(Ctrl-C, SIGTERM). After the final stage it writes the pipeline run
-(:func:`~imgclf.tracking.lineage.record_pipeline`). It logs ``mlflow_seconds``, the wall time
-the stage spent in MLflow, to the run.
+On entering, the recorder opens the store and the stage's run, so a dead tracking server or a
+bad ``MLFLOW_TRACKING_URI`` stops the stage in seconds, before any work, not after hours of
+training. It logs the params that shape the stage (:data:`~imgclf.params.STAGE_PARAMS`), then
+what the stage reports as it goes (facts about the model, per-epoch metrics), then its
+:class:`~imgclf.result.StageResult`: metrics, facts, fingerprints as tags, artifacts and the
+Keras model. It closes the run FINISHED, FAILED or KILLED (Ctrl-C, SIGTERM), and logs
+``mlflow_seconds``, the wall time the stage spent in MLflow. After the final stage it writes
+the pipeline run (:func:`~imgclf.tracking.lineage.record_pipeline`).
 
-Opening the store is done in the foreground: overlapping it with the stage's work saved about a
-second per stage and needed thread-aware process forking, import-order rules and a second code
-path. Nothing else calls MLflow during a stage.
+The store is opened in the foreground, not overlapped with the stage's work: the overlap saved
+about two seconds a stage and cost a second code path, a thread that decided whether worker
+processes could be forked, and a race on Python's random state (importing MLflow draws from
+it) with the seeding of training.
 """
 
 from __future__ import annotations
