@@ -1,4 +1,5 @@
-"""Decoding any image file into a fixed-size RGB array, the same way for training and prediction.
+"""Finding image files and decoding any of them into a fixed-size RGB array, the same way for
+training and prediction.
 
 Pillow reads JPEG, PNG, BMP, GIF, WebP and TIFF. Every mode ends as 8-bit RGB: 16-bit and float
 images are scaled (not clipped) into 0..255, transparency is flattened onto white, EXIF
