@@ -15,7 +15,7 @@ from imgclf.prepared import load_prepared
 from imgclf.errors import PipelineError
 from imgclf.fileio import md5_file, md5_tree
 
-from .conftest import CLASS_COLOURS, make_class_folders, make_image
+from .helpers import CLASS_COLOURS, make_class_folders, make_image
 
 
 def test_scan_uses_sorted_folder_names_and_skips_hidden(class_folders: Path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, free_port, make_project
+from .helpers import ROOT, free_port, make_project
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import yaml
 
 from imgclf import params as params_mod
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 STAGES = ("demo", "augment", "train", "evaluate")
 

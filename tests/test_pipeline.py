@@ -22,7 +22,7 @@ import yaml
 from imgclf import tracking
 from imgclf.fileio import md5_file
 
-from .conftest import Project
+from .helpers import Project
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +69,7 @@ def test_every_stage_is_in_mlflow_under_one_pipeline_run(project: Project):
     assert {"data.source", "augment.flip", "train.epochs", "base.seed"} <= set(pipeline.data.params)
     # Metrics: counts, per-epoch curves, test scores (the pipeline row has them too).
     assert augment.data.metrics["images"] == 24
+    mlflow.set_tracking_uri(project.tracking_uri)  # MLflow resolves logged models through the global URI
     client = mlflow.MlflowClient()
     assert [m.step for m in client.get_metric_history(train.info.run_id, "val_loss")] == [1, 2]
     metrics = project.json("reports/metrics.json")

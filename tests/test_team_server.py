@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port, make_project, mlflow_server
+from .helpers import free_port, make_project, mlflow_server
 
 pytestmark = pytest.mark.slow
 

@@ -9,14 +9,13 @@ import pytest
 from imgclf import tracking
 from imgclf.errors import PipelineError
 
+from .helpers import list_runs
+
 EXP = "test-exp"
 
 
 def _runs(name: str | None = None):
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(EXP)
-    runs = client.search_runs([exp.experiment_id])
-    return [r for r in runs if name is None or r.info.run_name == name]
+    return list_runs(mlflow.get_tracking_uri(), name, experiment=EXP)
 
 
 def test_default_store_is_anchored_at_dvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

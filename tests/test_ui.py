@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Project, mlflow_server
+from .helpers import ROOT, Project, mlflow_server
 
 pytestmark = pytest.mark.slow
 
