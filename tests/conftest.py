@@ -1,6 +1,7 @@
 """Fixtures only; the helpers they use live in ``tests/helpers.py``."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Project, make_class_folders, make_project
+from .helpers import Project, copy_project, make_class_folders, make_project
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -46,8 +47,42 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture(scope="session")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    """A git + DVC copy of the project on tiny images, after its first `dvc repro`."""
-    p = make_project(tmp_path_factory.mktemp("project"), {"mlflow": {"register": True}})
-    p.first = p.sh("dvc", "repro")
+def built_template(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The tiny git + DVC project after its first `dvc repro` (model registered in MLflow), built
+    once per session. Tests use it through ``template`` (read-only) or ``project`` (a copy)."""
+    p = make_project(tmp_path_factory.mktemp("template"), {"mlflow": {"register": True}})
+    p.sh("dvc", "repro")
     return p
+
+
+def _tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Size and mtime of every file under ``root`` (bytecode caches aside)."""
+    return {str(path.relative_to(root)): (st.st_size, st.st_mtime_ns)
+            for path in root.rglob("*") if "__pycache__" not in path.parts
+            for st in [path.lstat()] if not path.is_dir()}
+
+
+@contextlib.contextmanager
+def _left_alone(template: Project, hint: str) -> Iterator[None]:
+    """Fail if a file of the template changed during the block."""
+    before = _tree_state(template.root)
+    yield
+    after = _tree_state(template.root)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"the read-only template changed ({hint}): {changed[:20]}"
+
+
+@pytest.fixture
+def template(built_template: Project) -> Iterator[Project]:
+    """The shared project after its first `dvc repro`, READ-ONLY: for tests that only read its
+    results. Fails the test that changed a file in it (that test must take ``project``)."""
+    with _left_alone(built_template, "use the `project` fixture"):
+        yield built_template
+
+
+@pytest.fixture
+def project(built_template: Project, tmp_path: Path) -> Iterator[Project]:
+    """This test's own copy of the project after its first `dvc repro`: change it at will. Fails
+    the test if the copy wrote into the template (a path the copy did not rewrite)."""
+    with _left_alone(built_template, "a copy wrote into it"):
+        yield copy_project(built_template, tmp_path / "project")

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -102,6 +103,12 @@ class Project:
     def json(self, rel: str):
         return json.loads((self.root / rel).read_text(encoding="utf-8"))
 
+    def set_params(self, **sections: dict) -> None:
+        """Change some keys of ``params.yaml``, e.g. ``set_params(train={"epochs": 1})``."""
+        path = self.root / "params.yaml"
+        raw = _merge(yaml.safe_load(path.read_text()), sections)
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
     def runs(self, name: str | None = None) -> list:
         return list_runs(self.tracking_uri, name)
 
@@ -130,6 +137,51 @@ def make_project(root: Path, params: dict | None = None, env: dict | None = None
     p.sh("dvc", "config", "core.analytics", "false")
     p.sh("git", "add", "-A")
     p.sh("git", "commit", "-qm", "tiny project")
+    return p
+
+
+def _text_columns(db: sqlite3.Connection) -> Iterator[tuple[str, str]]:
+    """(table, column) for every column of text affinity (TEXT, VARCHAR, CHAR, CLOB)."""
+    tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for table in tables:
+        for _, column, declared, *_ in db.execute(f'PRAGMA table_info("{table}")'):
+            if any(word in declared.upper() for word in ("CHAR", "CLOB", "TEXT")):
+                yield table, column
+
+
+def rewrite_store_paths(db_file: Path, old: Path, new: Path) -> int:
+    """Replace the folder ``old`` by ``new`` in every text cell of an MLflow SQLite store.
+
+    The store holds absolute paths (the experiment's artifact location, each run's artifact URI,
+    model versions' sources, logged models): a copied store would still write into the
+    original's ``mlartifacts/``. Returns how many cells changed.
+    """
+    pairs = [(f"{old}/", f"{new}/")]  # also inside file: URIs, unless they escape characters
+    if old.as_uri() != f"file://{old}":
+        pairs.insert(0, (old.as_uri() + "/", new.as_uri() + "/"))
+    changed = 0
+    db = sqlite3.connect(db_file)
+    try:
+        with db:
+            for table, column in _text_columns(db):
+                for before, after in pairs:
+                    cur = db.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                                     f'WHERE instr("{column}", ?) > 0', (before, after, before))
+                    changed += cur.rowcount
+    finally:
+        db.close()
+    return changed
+
+
+def copy_project(template: Project, root: Path) -> Project:
+    """A copy of ``template`` in ``root`` with everything it made (git, DVC cache, outputs, MLflow
+    store and artifacts), its store rewritten to point at the copy. DVC rehashes the copied files
+    (new inodes) and finds them up to date."""
+    shutil.copytree(template.root, root, symlinks=True)
+    if (root / "mlflow.db").exists():
+        rewrite_store_paths(root / "mlflow.db", template.root, root)
+    p = Project(root)
+    p.env = dict(template.env)
     return p
 
 

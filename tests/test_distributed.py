@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from .helpers import ROOT, free_port, make_project
+from imgclf import tracking
+from imgclf.fileio import md5_file
+
+from .helpers import ROOT, Project, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -78,15 +80,18 @@ def test_multi_worker_on_two_local_processes(single: dict):
           f"single device: {single['wall']:.1f} s wall, {single['seconds']:.2f} s training")
 
 
-def test_train_stage_with_two_workers_writes_and_logs_once(tmp_path: Path):
+def test_train_stage_with_two_workers_writes_and_logs_once(project: Project):
     """The same `python -m stages.train` on both workers: the chief writes the model and logs the
     run, the other worker only trains."""
-    p = make_project(tmp_path / "p", {"train": {"strategy": "multi_worker", "batch_size": 8}})
-    p.sh("dvc", "repro", "augment")
+    p = project  # its augment stage has run
+    p.set_params(train={"strategy": "multi_worker", "batch_size": 8}, mlflow={"register": False})
+    (p.root / "models" / "model.h5").unlink()  # as `dvc repro` removes a stage's outputs first
+    old_runs = {r.info.run_id for r in p.runs("train")}
     procs, _ = _run_workers([sys.executable, "-m", "stages.train"], p.root, p.env)
     assert "the chief writes the model" in procs[1].stderr
     assert (p.root / "models" / "model.h5").is_file()
-    (run,) = p.runs("train")
+    (run,) = [r for r in p.runs("train") if r.info.run_id not in old_runs]
+    assert run.data.tags[tracking.TAG_MODEL_MD5] == md5_file(p.root / "models" / "model.h5")
     assert run.info.status == "FINISHED"
     assert run.data.params["train.strategy"] == "multi_worker"
     assert run.data.params["model.replicas"] == "2"
