@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 EXPERIMENT = "image-classification"
 
+# Set by CI (.ci/run): a test whose system part is missing fails instead of skipping.
+REQUIRE_SYSTEM_DEPS = "IMGCLF_REQUIRE_SYSTEM_DEPS"
+
 # Each class is a colour; every image differs (noise, size) so copies can be told apart.
 CLASS_COLOURS = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
 
@@ -69,6 +72,18 @@ def list_runs(tracking_uri: str, name: str | None = None, experiment: str = EXPE
         return []
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     return [r for r in runs if name is None or r.info.run_name == name]
+
+
+def need_system(found: bool, what: str, hint: str) -> None:
+    """Skip the test when a system part (a browser, a database server) is missing, saying what
+    and how to get it; under ``IMGCLF_REQUIRE_SYSTEM_DEPS=1`` (CI) fail instead, so CI cannot
+    pass without running it."""
+    if found:
+        return
+    reason = f"{what} not found: {hint}"
+    if os.environ.get(REQUIRE_SYSTEM_DEPS) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_SYSTEM_DEPS}=1 requires it)", pytrace=False)
+    pytest.skip(reason)
 
 
 def _merge(base: dict, extra: dict) -> dict:

@@ -3,7 +3,7 @@
 Two pipeline runs with different params (the first repro's, and an experiment this test runs on
 its own copy of the project) must show on the experiment page and, side by side, in the compare
 view with their differing params and their test metrics. Screenshots land in ``test-output/ui/``
-for people to look at.
+for people to look at. Without Chromium the test skips (fails under IMGCLF_REQUIRE_SYSTEM_DEPS=1).
 """
 from __future__ import annotations
 
@@ -15,25 +15,26 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import ROOT, Project, mlflow_server
+from .helpers import ROOT, Project, mlflow_server, need_system
 
 pytestmark = pytest.mark.slow
 
 OUT = ROOT / "test-output" / "ui"
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.fail("no Chromium found: install Debian's `chromium` package (apt-get install -y chromium); "
-                ".ci/run does this. The browser test cannot run without it.")
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The browser's path. Session-scoped, so that without one the test skips before the shared
+    project is built."""
+    found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    need_system(found is not None, "Chromium",
+                "install Debian's `chromium` package (apt-get install -y chromium; scripts/system-deps.sh does this)")
+    return found
 
 
-def _browse(url: str, shot: Path, profile: Path) -> str:
+def _browse(chromium: str, url: str, shot: Path, profile: Path) -> str:
     """Render ``url`` headless: save a screenshot and return the DOM after scripts ran."""
-    base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1600,1000",
             "--virtual-time-budget=20000", "--hide-scrollbars"]
@@ -44,7 +45,7 @@ def _browse(url: str, shot: Path, profile: Path) -> str:
     return dom.stdout
 
 
-def test_experiment_page_and_compare_view_show_two_pipeline_runs(project: Project, tmp_path: Path):
+def test_experiment_page_and_compare_view_show_two_pipeline_runs(chromium: str, project: Project, tmp_path: Path):
     # A second pipeline result with other params, as a user's experiment from the first results makes.
     project.sh("git", "add", "-A")
     project.sh("git", "commit", "-qm", "first results")
@@ -56,14 +57,14 @@ def test_experiment_page_and_compare_view_show_two_pipeline_runs(project: Projec
     exp_id = first.info.experiment_id
 
     with mlflow_server(project.tracking_uri, tmp_path, project.env) as server:
-        page = _browse(f"{server}/#/experiments/{exp_id}?workflowType=machine_learning",
+        page = _browse(chromium, f"{server}/#/experiments/{exp_id}?workflowType=machine_learning",
                        OUT / "experiment.png", tmp_path / "p1")
         assert "image-classification" in page
         assert "ui-lr3" in page and "pipeline" in page
 
         ids = json.dumps([first.info.run_id, second.info.run_id])
         query = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([exp_id])})
-        page = _browse(f"{server}/#/compare-runs?{query}", OUT / "compare.png", tmp_path / "p2")
+        page = _browse(chromium, f"{server}/#/compare-runs?{query}", OUT / "compare.png", tmp_path / "p2")
     assert "train.learning_rate" in page
     assert first.data.params["train.learning_rate"] in page and "0.003" in page
     assert "test_accuracy" in page
