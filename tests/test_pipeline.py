@@ -259,7 +259,8 @@ def test_sigterm_during_training_keeps_the_previous_model(project: Project, tmp_
 
 def test_queued_experiments_in_parallel_all_land_in_the_main_store(project: Project):
     _commit(project)
-    for n, lr in enumerate(("0.002", "0.004", "0.0005"), start=1):
+    # Two experiments on two workers: both run at once, writing to the one SQLite store.
+    for n, lr in enumerate(("0.002", "0.0005"), start=1):
         project.sh("dvc", "exp", "run", "--queue", "-S", f"train.learning_rate={lr}", "-n", f"queued-{n}")
     project.sh("dvc", "queue", "start", "-j", "2")
     deadline = time.monotonic() + 480
@@ -269,13 +270,13 @@ def test_queued_experiments_in_parallel_all_land_in_the_main_store(project: Proj
             break
         assert time.monotonic() < deadline, status
         time.sleep(3)
-    assert status.count("Success") >= 3 and "Failed" not in status, status
-    names = {f"queued-{n}" for n in (1, 2, 3)}
+    assert status.count("Success") >= 2 and "Failed" not in status, status
+    names = {f"queued-{n}" for n in (1, 2)}
     pipelines = [r for r in project.runs() if r.info.run_name in names]
-    assert len(pipelines) == 3 and all(r.info.status == "FINISHED" for r in pipelines)
+    assert len(pipelines) == 2 and all(r.info.status == "FINISHED" for r in pipelines)
     trains = [r for r in project.runs("train") if r.data.tags.get("dvc.exp_name") in names]
-    assert len(trains) == 3
-    assert sorted(r.data.params["train.learning_rate"] for r in trains) == ["0.0005", "0.002", "0.004"]
+    assert len(trains) == 2
+    assert sorted(r.data.params["train.learning_rate"] for r in trains) == ["0.0005", "0.002"]
     assert not list((project.root / ".dvc" / "tmp").rglob("mlflow.db"))
 
 
