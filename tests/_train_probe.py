@@ -21,7 +21,7 @@ def main() -> None:
 
     strategy = make_strategy(strategy_name)
     from imgclf.params import TrainParams
-    from tests.conftest import CLASS_COLOURS, make_image
+    from tests.helpers import CLASS_COLOURS, make_image
 
     seed_everything(0, deterministic=False)
     images, labels = [], []

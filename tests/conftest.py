@@ -1,48 +1,34 @@
-"""Shared fixtures: tiny deterministic image folders and shrunk params."""
+"""Fixtures only; the helpers they use live in ``tests/helpers.py``."""
+
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import yaml
-from PIL import Image
+
+from .helpers import Project, copy_project, make_class_folders, make_project
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-ROOT = Path(__file__).resolve().parents[1]
 
-# Each class is a colour; every image differs (noise, size) so copies can be told apart.
-CLASS_COLOURS = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
+@pytest.fixture(autouse=True)
+def _own_mlflow_tracking_uri() -> Iterator[None]:
+    """MLflow's ``set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in this process's
+    environment; undo it after each test so no test inherits another's store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
 
-
-def make_image(colour: tuple[int, int, int], seed: int, size: int = 16) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    base = np.array(colour, dtype=np.int16)
-    noise = rng.integers(-30, 30, (size, size, 3))
-    arr = np.clip(base + noise, 0, 255).astype(np.uint8)
-    arr[rng.integers(0, size), :, :] = 255  # a white line makes rotations visible
-    return Image.fromarray(arr, "RGB")
-
-
-def make_class_folders(root: Path, per_class: int = 8, size: int = 16, fmt: str = "png") -> Path:
-    """``root/<colour>/<n>.png``: ``per_class`` distinct small images per colour class."""
-    for c, (label, colour) in enumerate(CLASS_COLOURS.items()):
-        folder = root / label
-        folder.mkdir(parents=True, exist_ok=True)
-        for n in range(per_class):
-            make_image(colour, seed=100 * c + n, size=size).save(folder / f"{n:02d}.{fmt}")
-    return root
+        mlflow.set_tracking_uri(None)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture
@@ -61,121 +47,47 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-# The real params.yaml, shrunk so a whole pipeline trains in seconds on tiny images.
-TINY_PARAMS = {
-    "data": {"image_size": 16, "test_size": 0.25, "val_size": 0.2},
-    "augment": {"angles": [0, 10], "flip": True},
-    "train": {"conv_filters": [4, 8], "dense_units": 16, "epochs": 2, "batch_size": 8},
-}
-
-
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", "stages", "imgclf")
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
-
-
-class Project:
-    def __init__(self, root: Path):
-        self.root = root
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-        self.env.update({"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                         "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-                         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
-
-    def sh(self, *cmd: str, ok: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run(cmd, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=600)
-        if ok and proc.returncode != 0:
-            pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-        return proc
-
-    def json(self, rel: str):
-        return json.loads((self.root / rel).read_text(encoding="utf-8"))
-
-    def runs(self, name: str | None = None):
-        import mlflow
-
-        mlflow.set_tracking_uri(f"sqlite:///{self.root / 'mlflow.db'}")
-        client = mlflow.MlflowClient()
-        exp = client.get_experiment_by_name("image-classification")
-        runs = client.search_runs([exp.experiment_id], max_results=1000)
-        return [r for r in runs if name is None or r.info.run_name == name]
-
-    def array_md5s(self) -> dict[str, str]:
-        from imgclf.fileio import md5_file
-
-        return {p.name: md5_file(p) for p in sorted((self.root / "data/prepared").glob("*.npy"))}
-
-
-def make_project(root: Path, params: dict | None = None, env: dict | None = None) -> Project:
-    """A git + DVC copy of the project in ``root`` on tiny images (``data/tiny``), not yet run."""
-    root.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, root / name)
-    make_class_folders(root / "data" / "tiny", per_class=8)
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    raw = _merge(raw, _merge(TINY_PARAMS, {"data": {"source": "data/tiny"}, **(params or {})}))
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    p = Project(root)
-    p.env.update(env or {})
-    p.sh("git", "init", "-q")
-    p.sh("dvc", "init", "-q")
-    p.sh("dvc", "config", "core.analytics", "false")
-    p.sh("git", "add", "-A")
-    p.sh("git", "commit", "-qm", "tiny project")
-    return p
-
-
 @pytest.fixture(scope="session")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    """A git + DVC copy of the project on tiny images, after its first `dvc repro`."""
-    p = make_project(tmp_path_factory.mktemp("project"), {"mlflow": {"register": True}})
-    p.first = p.sh("dvc", "repro")
+def built_template(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The tiny git + DVC project after its first `dvc repro` (model registered in MLflow), built
+    once per session. Tests use it through ``template`` (read-only) or ``project`` (a copy)."""
+    p = make_project(tmp_path_factory.mktemp("template"), {"mlflow": {"register": True}})
+    p.sh("dvc", "repro")
     return p
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Size and mtime of every file under ``root`` (bytecode caches aside)."""
+    return {
+        str(path.relative_to(root)): (st.st_size, st.st_mtime_ns)
+        for path in root.rglob("*")
+        if "__pycache__" not in path.parts
+        for st in [path.lstat()]
+        if not path.is_dir()
+    }
 
 
 @contextlib.contextmanager
-def mlflow_server(backend: str, cwd: Path, env: dict, *extra: str, timeout: float = 120) -> Iterator[str]:
-    """A real `mlflow server` on loopback (one worker) until the block ends; yields its URL."""
-    port = free_port()
-    log = cwd / f"mlflow-server-{port}.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--backend-store-uri", backend, *extra],
-            cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"mlflow server on {backend} did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def _left_alone(template: Project, hint: str) -> Iterator[None]:
+    """Fail if a file of the template changed during the block."""
+    before = _tree_state(template.root)
+    yield
+    after = _tree_state(template.root)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"the read-only template changed ({hint}): {changed[:20]}"
+
+
+@pytest.fixture
+def template(built_template: Project) -> Iterator[Project]:
+    """The shared project after its first `dvc repro`, READ-ONLY: for tests that only read its
+    results. Fails the test that changed a file in it (that test must take ``project``)."""
+    with _left_alone(built_template, "use the `project` fixture"):
+        yield built_template
+
+
+@pytest.fixture
+def project(built_template: Project, tmp_path: Path) -> Iterator[Project]:
+    """This test's own copy of the project after its first `dvc repro`: change it at will. Fails
+    the test if the copy wrote into the template (a path the copy did not rewrite)."""
+    with _left_alone(built_template, "a copy wrote into it"):
+        yield copy_project(built_template, tmp_path / "project")

@@ -11,7 +11,7 @@ import pytest
 from imgclf import dataset
 from imgclf.errors import PipelineError
 
-from .conftest import CLASS_COLOURS, make_class_folders, make_image
+from .helpers import CLASS_COLOURS, make_class_folders, make_image
 
 
 def test_scan_uses_sorted_folder_names_and_skips_hidden(class_folders: Path):

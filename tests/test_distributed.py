@@ -1,6 +1,7 @@
 """train.strategy for real: MirroredStrategy on two logical CPUs, and MultiWorkerMirroredStrategy
 with two worker processes on loopback (probe and train stage), reach the accuracy band of
 single-device training."""
+
 from __future__ import annotations
 
 import json
@@ -11,16 +12,24 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from .conftest import ROOT, free_port, make_project
+from imgclf import tracking
+from imgclf.fileio import md5_file
+
+from .helpers import ROOT, Project, free_port
 
 pytestmark = pytest.mark.slow
 
 
 def _run(strategy: str, env: dict | None = None, timeout: int = 300) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "tests._train_probe", strategy], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests._train_probe", strategy],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -30,12 +39,17 @@ def _cluster(workers: int) -> list[str]:
     return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(workers)]
 
 
-def _run_workers(cmd: list[str], cwd: Path, env: dict, workers: int = 2, timeout: int = 300
-                 ) -> tuple[list[subprocess.CompletedProcess], float]:
+def _run_workers(
+    cmd: list[str], cwd: Path, env: dict, workers: int = 2, timeout: int = 300
+) -> tuple[list[subprocess.CompletedProcess], float]:
     """Start one process per worker of a loopback TF_CONFIG cluster; wait for all of them."""
     start = time.perf_counter()
-    procs = [subprocess.Popen(cmd, cwd=cwd, env={**env, "TF_CONFIG": config}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for config in _cluster(workers)]
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=cwd, env={**env, "TF_CONFIG": config}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for config in _cluster(workers)
+    ]
     try:
         outs = [proc.communicate(timeout=timeout) for proc in procs]
     finally:
@@ -74,19 +88,24 @@ def test_multi_worker_on_two_local_processes(single: dict):
     assert single["accuracy"] >= 0.9
     for r in results:
         assert r["accuracy"] >= single["accuracy"] - 0.1
-    print(f"\nmulti-worker (2 processes): {wall:.1f} s wall, {results[0]['seconds']:.2f} s training; "
-          f"single device: {single['wall']:.1f} s wall, {single['seconds']:.2f} s training")
+    print(
+        f"\nmulti-worker (2 processes): {wall:.1f} s wall, {results[0]['seconds']:.2f} s training; "
+        f"single device: {single['wall']:.1f} s wall, {single['seconds']:.2f} s training"
+    )
 
 
-def test_train_stage_with_two_workers_writes_and_logs_once(tmp_path: Path):
+def test_train_stage_with_two_workers_writes_and_logs_once(project: Project):
     """The same `python -m stages.train` on both workers: the chief writes the model and logs the
     run, the other worker only trains."""
-    p = make_project(tmp_path / "p", {"train": {"strategy": "multi_worker", "batch_size": 8}})
-    p.sh("dvc", "repro", "augment")
+    p = project  # its augment stage has run
+    p.set_params(train={"strategy": "multi_worker", "batch_size": 8}, mlflow={"register": False})
+    (p.root / "models" / "model.h5").unlink()  # as `dvc repro` removes a stage's outputs first
+    old_runs = {r.info.run_id for r in p.runs("train")}
     procs, _ = _run_workers([sys.executable, "-m", "stages.train"], p.root, p.env)
     assert "the chief writes the model" in procs[1].stderr
     assert (p.root / "models" / "model.h5").is_file()
-    (run,) = p.runs("train")
+    (run,) = [r for r in p.runs("train") if r.info.run_id not in old_runs]
+    assert run.data.tags[tracking.TAG_MODEL_MD5] == md5_file(p.root / "models" / "model.h5")
     assert run.info.status == "FINISHED"
     assert run.data.params["train.strategy"] == "multi_worker"
     assert run.data.params["model.replicas"] == "2"

@@ -8,7 +8,7 @@ import yaml
 from imgclf import params
 from imgclf.errors import PipelineError
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 
 def test_project_params_file_is_valid_and_matches_defaults():

@@ -12,7 +12,7 @@ from imgclf.cli import run_stage
 from imgclf.params import TrainParams
 from stages import predict
 
-from .conftest import CLASS_COLOURS, make_class_folders
+from .helpers import CLASS_COLOURS, make_class_folders
 
 keras = pytest.importorskip("keras")
 

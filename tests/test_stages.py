@@ -7,7 +7,6 @@ import errno
 import os
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 import yaml
@@ -16,7 +15,7 @@ from imgclf import paths
 from imgclf.cli import run_stage
 from stages import augment, train
 
-from .conftest import TINY_PARAMS, make_class_folders
+from .helpers import TINY_PARAMS, list_runs, make_class_folders
 
 OUTPUTS = (
     "PREPARED_DIR",
@@ -58,11 +57,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_store: str
 
 
 def _runs(stage: str):
-    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
-    exp = client.get_experiment_by_name("image-classification")
-    if exp is None:
-        return []
-    return [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == stage]
+    return list_runs(os.environ["MLFLOW_TRACKING_URI"], stage)
 
 
 def _last_line(capsys) -> str:

@@ -13,15 +13,14 @@ from imgclf.params import parse
 from imgclf.result import StageResult
 from imgclf.tracking import lineage, runs
 
+from .helpers import list_runs
+
 EXP = "test-exp"
 P = parse({"mlflow": {"experiment": EXP}, "train": {"epochs": 2, "conv_filters": [4, 8]}})
 
 
 def _runs(name: str | None = None):
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(EXP)
-    found = client.search_runs([exp.experiment_id]) if exp else []
-    return [r for r in found if name is None or r.info.run_name == name]
+    return list_runs(mlflow.get_tracking_uri(), name, experiment=EXP)
 
 
 def test_default_store_is_anchored_at_dvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

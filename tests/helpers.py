@@ -1,0 +1,264 @@
+"""Shared test helpers: tiny images, shrunk params, throw-away git + DVC projects, MLflow look-ups.
+
+Fixtures live in ``conftest.py``; everything a test module imports comes from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+EXPERIMENT = "image-classification"
+
+# Set by CI (.ci/run): a test whose system part is missing fails instead of skipping.
+REQUIRE_SYSTEM_DEPS = "IMGCLF_REQUIRE_SYSTEM_DEPS"
+
+# Each class is a colour; every image differs (noise, size) so copies can be told apart.
+CLASS_COLOURS = {"blue": (30, 60, 220), "green": (40, 200, 60), "red": (220, 40, 40)}
+
+# The real params.yaml, shrunk so a whole pipeline trains in seconds on tiny images.
+TINY_PARAMS = {
+    "data": {"image_size": 16, "test_size": 0.25, "val_size": 0.2},
+    "augment": {"angles": [0, 10], "flip": True},
+    "train": {"conv_filters": [4, 8], "dense_units": 16, "epochs": 2, "batch_size": 8},
+}
+
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", "stages", "imgclf")
+
+
+def make_image(colour: tuple[int, int, int], seed: int, size: int = 16) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = np.array(colour, dtype=np.int16)
+    noise = rng.integers(-30, 30, (size, size, 3))
+    arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+    arr[rng.integers(0, size), :, :] = 255  # a white line makes rotations visible
+    return Image.fromarray(arr, "RGB")
+
+
+def make_class_folders(root: Path, per_class: int = 8, size: int = 16, fmt: str = "png") -> Path:
+    """``root/<colour>/<n>.png``: ``per_class`` distinct small images per colour class."""
+    for c, (label, colour) in enumerate(CLASS_COLOURS.items()):
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in range(per_class):
+            make_image(colour, seed=100 * c + n, size=size).save(folder / f"{n:02d}.{fmt}")
+    return root
+
+
+def list_runs(tracking_uri: str, name: str | None = None, experiment: str = EXPERIMENT) -> list:
+    """Runs of ``experiment`` in the store at ``tracking_uri`` (all, or those named ``name``);
+    none when the experiment does not exist. Leaves MLflow's global tracking URI alone."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if name is None or r.info.run_name == name]
+
+
+def need_system(found: bool, what: str, hint: str) -> None:
+    """Skip the test when a system part (a browser, a database server) is missing, saying what
+    and how to get it; under ``IMGCLF_REQUIRE_SYSTEM_DEPS=1`` (CI) fail instead, so CI cannot
+    pass without running it."""
+    if found:
+        return
+    reason = f"{what} not found: {hint}"
+    if os.environ.get(REQUIRE_SYSTEM_DEPS) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_SYSTEM_DEPS}=1 requires it)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
+    return out
+
+
+class Project:
+    """A throw-away git + DVC project: run commands in it, read its outputs and its MLflow store."""
+
+    def __init__(self, root: Path, env: dict | None = None):
+        self.root = root
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+        self.env.update(
+            {
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                "DVC_NO_ANALYTICS": "1",
+                "GIT_AUTHOR_NAME": "t",
+                "GIT_AUTHOR_EMAIL": "t@t",
+                "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@t",
+            }
+        )
+        self.env.update(env or {})
+
+    @property
+    def tracking_uri(self) -> str:
+        """The project's default MLflow store (its ``mlflow.db``)."""
+        return f"sqlite:///{self.root / 'mlflow.db'}"
+
+    def sh(self, *cmd: str, ok: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(cmd, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=600)
+        if ok and proc.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        return proc
+
+    def json(self, rel: str):
+        return json.loads((self.root / rel).read_text(encoding="utf-8"))
+
+    def set_params(self, **sections: dict) -> None:
+        """Change some keys of ``params.yaml``, e.g. ``set_params(train={"epochs": 1})``."""
+        path = self.root / "params.yaml"
+        raw = _merge(yaml.safe_load(path.read_text()), sections)
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    def runs(self, name: str | None = None) -> list:
+        return list_runs(self.tracking_uri, name)
+
+    def array_md5s(self) -> dict[str, str]:
+        from imgclf.fileio import md5_file
+
+        return {p.name: md5_file(p) for p in sorted((self.root / "data/prepared").glob("*.npy"))}
+
+
+def make_project(root: Path, params: dict | None = None, env: dict | None = None) -> Project:
+    """A git + DVC copy of the project in ``root`` on tiny images (``data/tiny``), not yet run."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, root / name)
+    make_class_folders(root / "data" / "tiny", per_class=8)
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw = _merge(raw, _merge(TINY_PARAMS, {"data": {"source": "data/tiny"}, **(params or {})}))
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    p = Project(root, env)
+    p.sh("git", "init", "-q")
+    p.sh("dvc", "init", "-q")
+    p.sh("dvc", "config", "core.analytics", "false")
+    p.sh("git", "add", "-A")
+    p.sh("git", "commit", "-qm", "tiny project")
+    return p
+
+
+def _text_columns(db: sqlite3.Connection) -> Iterator[tuple[str, str]]:
+    """(table, column) for every column of text affinity (TEXT, VARCHAR, CHAR, CLOB)."""
+    tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for table in tables:
+        for _, column, declared, *_ in db.execute(f'PRAGMA table_info("{table}")'):
+            if any(word in declared.upper() for word in ("CHAR", "CLOB", "TEXT")):
+                yield table, column
+
+
+def rewrite_store_paths(db_file: Path, old: Path, new: Path) -> int:
+    """Replace the folder ``old`` by ``new`` in every text cell of an MLflow SQLite store.
+
+    The store holds absolute paths (the experiment's artifact location, each run's artifact URI,
+    model versions' sources, logged models): a copied store would still write into the
+    original's ``mlartifacts/``. Returns how many cells changed.
+    """
+    pairs = [(f"{old}/", f"{new}/")]  # also inside file: URIs, unless they escape characters
+    if old.as_uri() != f"file://{old}":
+        pairs.insert(0, (old.as_uri() + "/", new.as_uri() + "/"))
+    changed = 0
+    db = sqlite3.connect(db_file)
+    try:
+        with db:
+            for table, column in _text_columns(db):
+                for before, after in pairs:
+                    cur = db.execute(
+                        f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?) > 0',
+                        (before, after, before),
+                    )
+                    changed += cur.rowcount
+    finally:
+        db.close()
+    return changed
+
+
+def copy_project(template: Project, root: Path) -> Project:
+    """A copy of ``template`` in ``root`` with everything it made (git, DVC cache, outputs, MLflow
+    store and artifacts), its store rewritten to point at the copy. DVC rehashes the copied files
+    (new inodes) and finds them up to date."""
+    shutil.copytree(template.root, root, symlinks=True)
+    if (root / "mlflow.db").exists():
+        rewrite_store_paths(root / "mlflow.db", template.root, root)
+    p = Project(root)
+    p.env = dict(template.env)
+    return p
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(backend: str, cwd: Path, env: dict, *extra: str, timeout: float = 120) -> Iterator[str]:
+    """A real `mlflow server` on loopback (one worker) until the block ends; yields its URL."""
+    port = free_port()
+    log = cwd / f"mlflow-server-{port}.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("mlflow")),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                backend,
+                *extra,
+            ],
+            cwd=cwd,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"mlflow server on {backend} did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
