@@ -42,8 +42,8 @@ def save(trained: Trained, data: Prepared) -> StageResult:
     write_json(paths.TRAIN_REPORT, final)
     images = len(data.x["train"]) * len(trained.history)
     return StageResult(
+        # The per-epoch metrics are logged already, one step an epoch.
         metrics={
-            **final,
             "train_seconds": round(trained.seconds, 3),
             "train_images_per_second": round(images / trained.seconds, 1),
         },

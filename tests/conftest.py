@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Project, copy_project, make_class_folders, make_project
+import imgclf  # noqa: F401  (first: it quiets TensorFlow before any test imports it)
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from .helpers import Project, copy_project, make_class_folders, make_project
 
 
 @pytest.fixture(autouse=True)

@@ -147,19 +147,33 @@ def test_second_repro_does_nothing(project: Project):
     assert len(project.runs()) == before
 
 
-def test_forced_repro_is_byte_identical(project: Project):
-    arrays, metrics = project.array_md5s(), project.json("reports/metrics.json")
-    project.sh("dvc", "repro", "--force")
-    assert project.array_md5s() == arrays
-    assert project.json("reports/metrics.json") == metrics
-    # The forced run is a second pipeline result with its own three stage runs.
-    assert len(project.runs("pipeline")) == 2
-
-
 def _commit(project: Project) -> None:
     """Commit the first results, as a user does before running experiments from them."""
     project.sh("git", "add", "-A")
     project.sh("git", "commit", "-qm", "first results")
+
+
+def _metrics_files(project: Project) -> dict[str, bytes]:
+    """Every file dvc.yaml declares as a metric, with its bytes."""
+    import yaml
+
+    stages = yaml.safe_load((project.root / "dvc.yaml").read_text())["stages"]
+    names = [next(iter(m)) if isinstance(m, dict) else m for st in stages.values() for m in st.get("metrics", [])]
+    assert {"reports/augment.json", "reports/train.json", "reports/metrics.json"} <= set(names)
+    return {name: (project.root / name).read_bytes() for name in names}
+
+
+def test_forced_repro_is_byte_identical(project: Project):
+    _commit(project)
+    arrays, metrics = project.array_md5s(), _metrics_files(project)
+    project.sh("dvc", "repro", "--force")
+    assert project.array_md5s() == arrays
+    # No timing or other run-to-run noise in what `dvc metrics diff` compares.
+    assert _metrics_files(project) == metrics
+    assert json.loads(project.sh("dvc", "metrics", "diff", "--json").stdout or "{}") == {}
+    # The forced run is a second pipeline result with its own three stage runs.
+    assert len(project.runs("pipeline")) == 2
+    assert all(len(project.runs(stage)) == 2 for stage in ("augment", "train", "evaluate"))
 
 
 def test_changing_a_train_param_reruns_train_and_evaluate_only(project: Project):
