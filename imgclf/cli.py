@@ -11,15 +11,11 @@ import contextlib
 import errno
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable
 
+from imgclf import interrupt
 from imgclf.errors import PipelineError
-
-
-def _raise_interrupt(signum, frame):  # noqa: ARG001
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def setup_logging() -> None:
@@ -37,30 +33,34 @@ def setup_logging() -> None:
 def run_stage(name: str, body: Callable[[], None]) -> int:
     """Run one stage's body and turn its outcome into an exit code."""
     setup_logging()
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupt.install()
     debug = os.environ.get("IMGCLF_DEBUG", "") not in ("", "0")
     try:
         body()
-    except PipelineError as err:
-        if debug:
-            raise
-        print(f"error: {name}: {err}", file=sys.stderr)
-        return 2
+        return 0
     except KeyboardInterrupt:
-        print(f"error: {name}: interrupted; no output was written", file=sys.stderr)
-        return 130
-    except OSError as err:
-        if debug:
-            raise
-        print(f"error: {name}: {describe_os_error(err)}", file=sys.stderr)
-        return 1
-    except Exception as err:  # the last line must still say what happened
-        if debug:
-            raise
-        logging.getLogger(name).debug("failure", exc_info=True)
-        print(f"error: {name}: {type(err).__name__}: {err} (set IMGCLF_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
-    return 0
+        pass
+    except Exception as err:
+        if not interrupt.requested():  # after Ctrl-C, any error is the interruption's doing
+            if debug:
+                raise
+            code, message = _describe(err)
+            if code == 1 and not isinstance(err, OSError):
+                logging.getLogger(name).debug("failure", exc_info=True)
+            print(f"error: {name}: {message}", file=sys.stderr)
+            return code
+    print(f"error: {name}: interrupted; no output was written", file=sys.stderr)
+    return 130
+
+
+def _describe(err: Exception) -> tuple[int, str]:
+    """The exit code and one-line message for a stage's failure."""
+    if isinstance(err, PipelineError):
+        return 2, str(err)
+    if isinstance(err, OSError):
+        return 1, describe_os_error(err)
+    # The last line must still say what happened.
+    return 1, f"{type(err).__name__}: {err} (set IMGCLF_DEBUG=1 for the traceback)"
 
 
 _OS_HINTS = {

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from imgclf import interrupt
 from imgclf.distribute import fit_multi_worker, is_multi_worker
 from imgclf.params import Params, TrainParams
 from imgclf.prepared import Prepared
@@ -48,6 +49,7 @@ def fit(
         log.info("epoch %d/%d: %s", epoch, p.epochs, " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
         if on_epoch:
             on_epoch(epoch, row)
+        interrupt.check()  # a Ctrl-C whose exception got lost stops training here
 
     if strategy is not None and is_multi_worker(strategy):
         fit_multi_worker(model, strategy, x_train, y_train, x_val, y_val, p, seed, record)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the test suite drives for real: Debian's Chromium (the MLflow UI test) and
 # PostgreSQL (the team tracking-server test). Installs what is missing when run as root with
-# apt-get; otherwise says what is missing (those tests then fail, naming it).
+# apt-get; otherwise says what is missing (those tests then skip, naming it, or fail under
+# IMGCLF_REQUIRE_SYSTEM_DEPS=1, as in CI).
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)

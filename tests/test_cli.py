@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import pytest
 
+from imgclf import interrupt
 from imgclf.cli import run_stage
 from imgclf.errors import PipelineError
+
+
+@pytest.fixture
+def own_signals():
+    """Put this process's SIGINT/SIGTERM handlers (and the interrupt flag) back after the test."""
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    interrupt.install()  # clears the flag
+    for s, handler in before.items():
+        signal.signal(s, handler)
 
 
 def _raise(exc: BaseException):
@@ -29,6 +42,37 @@ def test_failures_end_in_one_line_and_an_exit_code(capsys, monkeypatch, exc, cod
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(text)
     assert not any("Traceback" in line for line in err)
+
+
+def _lose_a_ctrl_c() -> None:
+    """Ctrl-C whose KeyboardInterrupt is swallowed, as in a finalizer or a weakref callback."""
+    import os
+    import signal
+
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the handler runs at the next bytecode boundaries
+            pass
+    except KeyboardInterrupt:
+        pass
+
+
+@pytest.mark.parametrize("after", ["error", "check"])
+def test_a_lost_ctrl_c_still_ends_the_stage_as_interrupted(capsys, own_signals, after):
+    def body():
+        _lose_a_ctrl_c()
+        if after == "check":
+            interrupt.check()  # what training does at each epoch's end
+        raise RuntimeError("a library turned the interrupt into its own error")
+
+    assert run_stage("train", body) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: train: interrupted; no output was written"
+
+
+def test_check_passes_without_a_signal(own_signals):
+    interrupt.install()
+    interrupt.check()
+    assert not interrupt.requested()
 
 
 def test_debug_shows_the_traceback(monkeypatch):

@@ -139,3 +139,9 @@ def test_a_failed_final_stage_writes_no_pipeline_run(mlflow_store: str):
 def test_metric_key_is_safe():
     assert runs.metric_key("sea lions!") == "sea lions_"
     assert runs.metric_key("猫") == "猫"
+
+
+def test_a_sqlite_store_keeps_its_artifacts_beside_it(mlflow_store: str, tmp_path: Path):
+    tracking.setup(EXP)
+    exp = mlflow.MlflowClient().get_experiment_by_name(EXP)
+    assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()

@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from typing import Any
 
-from imgclf import paths
+from imgclf import interrupt, paths
 
 TAG_STAGE = "imgclf.stage"
 TAG_DATA_MD5 = "imgclf.data_md5"
@@ -57,7 +57,7 @@ def context_tags(stage: str) -> dict[str, str]:
 @contextlib.contextmanager
 def open_run(stage: str, experiment_id: str, params: dict[str, Any]) -> Iterator[Any]:
     """The active run of ``stage`` (named after it) with ``params``; on leaving, it ends
-    FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED (any other exception)."""
+    FINISHED, KILLED (Ctrl-C, SIGTERM: see :mod:`imgclf.interrupt`) or FAILED (any other exception)."""
     import mlflow
 
     # A stray MLFLOW_RUN_ID would make start_run resume someone else's run.
@@ -72,7 +72,7 @@ def open_run(stage: str, experiment_id: str, params: dict[str, Any]) -> Iterator
         status = "KILLED"
         raise
     except BaseException:
-        status = "FAILED"
+        status = "KILLED" if interrupt.requested() else "FAILED"
         raise
     finally:
         mlflow.end_run(status)

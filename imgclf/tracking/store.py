@@ -66,9 +66,7 @@ def setup(experiment: str) -> str:
             client = mlflow.MlflowClient()
             exp = client.get_experiment_by_name(experiment)
             if exp is None:
-                # Anchor artifacts beside the store, not in the cwd (a DVC temp copy).
-                local = (paths.store_root() / "mlartifacts").as_uri() if _is_default_store(uri) else None
-                exp_id = client.create_experiment(experiment, artifact_location=local)
+                exp_id = client.create_experiment(experiment, artifact_location=_artifacts_beside(uri))
             else:
                 exp_id = exp.experiment_id
         mlflow.set_experiment(experiment_id=exp_id)
@@ -77,6 +75,18 @@ def setup(experiment: str) -> str:
             f"cannot use MLflow tracking store {uri}: {_reason(err)} (fix MLFLOW_TRACKING_URI or start the server)"
         ) from None
     return exp_id
+
+
+def _artifacts_beside(uri: str) -> str | None:
+    """For a SQLite store, ``mlartifacts/`` beside its file; else None (the server decides).
+
+    MLflow's own default for a SQLite store is ``./mlruns`` in the current folder, which for a
+    ``dvc exp run --temp`` copy is deleted with it.
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return (Path(uri[len(prefix) :]).resolve().parent / "mlartifacts").as_uri()
 
 
 def _reason(err: Exception) -> str:
