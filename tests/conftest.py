@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,12 +49,25 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture(scope="session")
-def built_template(tmp_path_factory: pytest.TempPathFactory) -> Project:
+def built_template(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Project:
     """The tiny git + DVC project after its first `dvc repro` (model registered in MLflow), built
-    once per session. Tests use it through ``template`` (read-only) or ``project`` (a copy)."""
-    p = make_project(tmp_path_factory.mktemp("template"), {"mlflow": {"register": True}})
-    p.sh("dvc", "repro")
-    return p
+    once per test run and shared by pytest-xdist's workers (the first to need it builds it while
+    the others wait). Tests use it through ``template`` (read-only) or ``project`` (a copy)."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # each xdist worker has its own base, under one shared folder
+        base = base.parent
+    with open(base / "template.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        root, done = base / "template", base / "template.built"
+        if done.exists():
+            return Project(root)
+        shutil.rmtree(root, ignore_errors=True)  # a build that failed halfway
+        p = make_project(root, {"mlflow": {"register": True}})
+        p.sh("dvc", "repro")
+        done.touch()
+        return p
 
 
 def _tree_state(root: Path) -> dict[str, tuple[int, int]]:

@@ -237,7 +237,8 @@ def mlflow_server(backend: str, cwd: Path, env: dict, *extra: str, timeout: floa
                 *extra,
             ],
             cwd=cwd,
-            env=env,
+            # No background job runner (GenAI jobs, none here): it takes a core while it starts.
+            env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             stdout=fh,
             stderr=subprocess.STDOUT,
         )

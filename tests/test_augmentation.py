@@ -14,7 +14,7 @@ from imgclf.fileio import md5_file, md5_tree
 from imgclf.pool import worker_pool
 from imgclf.prepared import load_prepared
 
-from .conftest import make_class_folders, make_image
+from .helpers import make_class_folders, make_image
 
 
 def test_augment_one_rotates_and_flips():

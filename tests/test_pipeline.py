@@ -267,9 +267,9 @@ def test_ctrl_c_during_dvc_repro_kills_the_run_and_leaves_no_model(project: Proj
     models = project.root / "models"
     assert not (models / "model.h5").exists()
     assert [p.name for p in models.iterdir() if p.name != ".gitignore"] == []
-    # The next repro starts cleanly.
+    # The next run of the stage starts cleanly.
     project.set_params(train={"epochs": 1})
-    project.sh("dvc", "repro")
+    project.sh("dvc", "repro", "train")
     assert (models / "model.h5").is_file()
     (rerun,) = _new_runs(project, "train", trains | {killed.info.run_id})
     assert rerun.info.status == "FINISHED"
