@@ -124,6 +124,7 @@ def test_final_stage_writes_the_pipeline_run_over_the_stage_runs(mlflow_store: s
     assert set(pipeline.data.params) == set(P.shaping("pipeline"))
     assert pipeline.data.metrics["test_accuracy"] == 0.5
     assert pipeline.data.metrics["val_accuracy"] == 0.75 and pipeline.data.metrics["images"] == 30
+    assert "mlflow_seconds" not in pipeline.data.metrics  # a stage's own cost, not the result's
     assert pipeline.data.tags[tracking.TAG_MODEL_MD5] == "m1"
     for stage in ("augment", "train", "evaluate"):
         (run,) = _runs(stage)

@@ -19,6 +19,8 @@ from imgclf.tracking.runs import TAG_LINKED_FROM, TAG_PARENT, TAG_STAGE, context
 log = logging.getLogger(__name__)
 
 PIPELINE = "pipeline"
+# A stage run's own cost, not a fact about the result: not copied onto the pipeline run.
+STAGE_OVERHEAD = "mlflow_seconds"
 
 
 def find_stage_run(experiment_id: str, stage: str, tag: str, value: str):
@@ -88,7 +90,7 @@ def record_pipeline(
             sources[stage] = source
     copied: dict[str, float] = {}
     for source in sources.values():
-        copied.update(source.data.metrics)
+        copied.update({k: v for k, v in source.data.metrics.items() if k != STAGE_OVERHEAD})
     tags = {**context_tags(PIPELINE), **{tag: value for tag, value in made_by.values()}}
     pipeline_id = write_run(
         experiment_id,

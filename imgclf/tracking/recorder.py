@@ -105,7 +105,7 @@ def recorder(stage: str, p: Params) -> Iterator[Recorder]:
         with rec._timed():
             import mlflow
 
-            mlflow.log_metric("mlflow_seconds", round(rec.seconds, 3))
+            mlflow.log_metric(lineage.STAGE_OVERHEAD, round(rec.seconds, 3))
     result = rec.result
     if stage == FINAL_STAGE and result is not None:
         made_by = {
