@@ -52,6 +52,15 @@ def make_image(colour: tuple[int, int, int], seed: int, size: int = 16) -> Image
     return Image.fromarray(arr, "RGB")
 
 
+def colour_arrays(n: int = 48, size: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` uint8 RGB images in 3 classes (a class is its brightest channel) and their labels."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), n // 3).astype(np.uint8)
+    x = rng.integers(0, 60, (n, size, size, 3)).astype(np.uint8)
+    x[np.arange(n), :, :, y] += 180
+    return x, y
+
+
 def make_class_folders(root: Path, per_class: int = 8, size: int = 16, fmt: str = "png") -> Path:
     """``root/<colour>/<n>.png``: ``per_class`` distinct small images per colour class."""
     for c, (label, colour) in enumerate(CLASS_COLOURS.items()):

@@ -17,6 +17,8 @@ from imgclf.model import build_model, load_model  # noqa: E402
 from imgclf.runtime import seed_everything  # noqa: E402
 from imgclf.training import fit  # noqa: E402
 
+from .helpers import colour_arrays  # noqa: E402
+
 
 def test_default_architecture_matches_the_seed():
     model = build_model(100, 6, TrainParams())
@@ -46,17 +48,9 @@ def test_params_shape_the_model():
 TINY = TrainParams(conv_filters=[4], dense_units=8, epochs=2, batch_size=8)
 
 
-def _data(n=48, size=12):
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(3), n // 3).astype(np.uint8)
-    x = rng.integers(0, 60, (n, size, size, 3)).astype(np.uint8)
-    x[np.arange(n), :, :, y] += 180  # class = brightest channel
-    return x, y
-
-
 def _train(seed: int):
     seed_everything(seed, deterministic=True)
-    x, y = _data()
+    x, y = colour_arrays()
     model = build_model(12, 3, TINY)
     history = fit(model, x, y, x[:6], y[:6], TINY, seed)
     return model, history
@@ -76,7 +70,7 @@ def test_saved_h5_takes_raw_images_and_predicts_the_same(tmp_path: Path):
     path = tmp_path / "m.h5"
     model.save(path)
     loaded = load_model(path)
-    x, _ = _data()
+    x, _ = colour_arrays()
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 

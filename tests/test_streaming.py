@@ -11,17 +11,11 @@ pytest.importorskip("tensorflow")
 
 from imgclf.streaming import NpyRows, make_dataset  # noqa: E402
 
-
-def _data(n=48, size=12):
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(3), n // 3).astype(np.uint8)
-    x = rng.integers(0, 60, (n, size, size, 3)).astype(np.uint8)
-    x[np.arange(n), :, :, y] += 180  # class = brightest channel
-    return x, y
+from .helpers import colour_arrays  # noqa: E402
 
 
 def test_streamed_memmap_gives_the_same_batches_as_memory(tmp_path: Path):
-    x, y = _data(n=42)
+    x, y = colour_arrays(n=42)
     np.save(tmp_path / "x.npy", x)
     mm = np.load(tmp_path / "x.npy", mmap_mode="r")
     rows = NpyRows(mm)
@@ -44,7 +38,7 @@ def test_streamed_memmap_gives_the_same_batches_as_memory(tmp_path: Path):
 
 @pytest.mark.parametrize("streamed", [True, False])
 def test_shards_split_the_rows_between_workers_and_repeat_reshuffled(tmp_path: Path, streamed: bool):
-    x, y = _data(n=30)
+    x, y = colour_arrays(n=30)
     np.save(tmp_path / "x.npy", x)
     source = np.load(tmp_path / "x.npy", mmap_mode="r") if streamed else x
     shares = []
