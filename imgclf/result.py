@@ -13,7 +13,6 @@ class StageResult:
 
     - ``metrics``: figures to compare across runs (the final ones; per-epoch figures are logged
       as they come);
-    - ``facts``: params that the stage found out rather than read (``model.parameters``);
     - ``fingerprints``: MD5s of what the stage read and made, by kind (``data``, ``model``): how
       the pipeline run finds the runs that made its inputs;
     - ``artifacts``: files to keep with the run, each with the folder it goes to (or None);
@@ -22,7 +21,6 @@ class StageResult:
     """
 
     metrics: dict[str, float] = field(default_factory=dict)
-    facts: dict[str, Any] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)
     model: Any = None

@@ -12,7 +12,7 @@ On entering, the recorder opens the store and the stage's run, so a dead trackin
 bad ``MLFLOW_TRACKING_URI`` stops the stage in seconds, before any work, not after hours of
 training. It logs the params that shape the stage (:data:`~imgclf.params.STAGE_PARAMS`), then
 what the stage reports as it goes (facts about the model, per-epoch metrics), then its
-:class:`~imgclf.result.StageResult`: metrics, facts, fingerprints as tags, artifacts and the
+:class:`~imgclf.result.StageResult`: metrics, fingerprints as tags, artifacts and the
 Keras model. It closes the run FINISHED, FAILED or KILLED (Ctrl-C, SIGTERM), and logs
 ``mlflow_seconds``, the wall time the stage spent in MLflow. After the final stage it writes
 the pipeline run (:func:`~imgclf.tracking.lineage.record_pipeline`).
@@ -81,8 +81,6 @@ class Recorder:
         with self._timed():
             tags = {FINGERPRINT_TAGS[kind]: value for kind, value in result.fingerprints.items()}
             mlflow.set_tags(tags)
-            if result.facts:
-                mlflow.log_params(result.facts)
             if result.metrics:
                 mlflow.log_metrics(_metrics(result.metrics))
             for path, folder in result.artifacts:
