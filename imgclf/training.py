@@ -68,11 +68,10 @@ def fit(
 
 @dataclass
 class Trained:
-    """A fitted model with its per-epoch history and how it was run."""
+    """A fitted model with its per-epoch history and the seconds its fitting took."""
 
     model: Any
     history: list[dict[str, Any]]
-    facts: dict[str, Any]  # model.dtype_policy, model.parameters, model.replicas
     seconds: float
 
 
@@ -114,4 +113,4 @@ def train(
         model, data.x["train"], data.y["train"], data.x["val"], data.y["val"], p.train, p.base.seed,
         on_epoch=on_epoch, strategy=strategy,
     )  # fmt: skip
-    return Trained(model=model, history=history, facts=facts, seconds=time.perf_counter() - started)
+    return Trained(model=model, history=history, seconds=time.perf_counter() - started)

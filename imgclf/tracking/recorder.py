@@ -47,8 +47,8 @@ FINGERPRINT_TAGS = {"data": runs.TAG_DATA_MD5, "model": runs.TAG_MODEL_MD5}
 class Recorder:
     """Logs one stage's progress and result to its active run; made by :func:`recorder`."""
 
-    def __init__(self, stage: str, p: Params, run):
-        self.stage, self.p, self.run = stage, p, run
+    def __init__(self, p: Params):
+        self.p = p
         self.result: StageResult | None = None
         self.seconds = 0.0
 
@@ -97,7 +97,7 @@ def recorder(stage: str, p: Params) -> Iterator[Recorder]:
     start = time.perf_counter()
     experiment_id = store.setup(p.mlflow.experiment)
     with runs.open_run(stage, experiment_id, p.shaping(stage)) as run:
-        rec = Recorder(stage, p, run)
+        rec = Recorder(p)
         rec.seconds = time.perf_counter() - start
         yield rec
         with rec._timed():

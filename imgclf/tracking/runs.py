@@ -84,7 +84,6 @@ def write_run(
     tags: dict[str, str],
     params: dict[str, Any],
     metrics: dict[str, float],
-    start_time: int | None = None,
 ) -> str:
     """Create a run that records finished facts in one go; return its id.
 
@@ -96,7 +95,7 @@ def write_run(
     from mlflow.entities import Metric, Param
 
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=name)
+    run = client.create_run(experiment_id, tags=tags, run_name=name)
     run_id = run.info.run_id
     status = "FAILED"
     try:
