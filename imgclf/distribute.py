@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from imgclf import interrupt
 from imgclf.errors import PipelineError
 from imgclf.params import TrainParams
-from imgclf.streaming import make_dataset
+from imgclf.streaming import shard_batches, validation_batches
 
 log = logging.getLogger(__name__)
 
@@ -111,25 +110,20 @@ def is_multi_worker(strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-def fit_multi_worker(
-    model,
-    strategy,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    p: TrainParams,
-    seed: int,
-    record: Callable[[int, dict[str, float]], None],
-) -> None:
+def fit_multi_worker(model, strategy, data, p: TrainParams, seed: int, session) -> None:
     """Synchronous data-parallel training over the workers of ``strategy``, step by step.
 
-    Each worker reads its own shard of the rows (every n-th, reshuffled each pass) in batches
-    of ``batch_size / replicas``; the optimizer sums the gradients of all replicas, and the
-    loss is averaged over the global batch, so one step equals one ``batch_size`` step on one
-    device. Every worker runs the same number of steps per epoch (the collective ops would
-    hang otherwise). Validation runs on each worker's own copy of the weights, which are the
-    same everywhere. ``record(epoch, logs)`` gets the same keys as ``model.fit`` gives.
+    Each worker reads its own share of each epoch's rows (:func:`~imgclf.streaming.shard_batches`)
+    in batches of ``batch_size / replicas``; the optimizer sums the gradients of all replicas,
+    and the loss is averaged over the global batch, so one step equals one ``batch_size`` step
+    on one device. Every worker runs the same number of steps per epoch (the collective ops
+    would hang otherwise). Validation runs on each worker's own copy of the weights, which are
+    the same everywhere. ``session`` (:class:`~imgclf.training.Session`) gets the same keys
+    as ``model.fit`` gives.
+
+    Every worker takes the same decisions at the same step: a signal on any worker rides along
+    with the step's summed metrics, so all checkpoint and stop at that step; whether to stop
+    early is the chief's decision, broadcast at each epoch's end.
     """
     global_batch = p.batch_size
     replicas = strategy.num_replicas_in_sync
@@ -138,39 +132,88 @@ def fit_multi_worker(
             f"train.batch_size {global_batch} cannot be split evenly over {replicas} "
             f"replicas: make it a multiple of {replicas}"
         )
-    steps = max(1, math.ceil(len(y_train) / global_batch))
-    batches = iter(_sharded_batches(strategy, x_train, y_train, global_batch, seed))
-    train_step, val_step = _step_functions(model, strategy, global_batch)
-    val_ds = make_dataset(x_val, y_val, global_batch, shuffle=False, seed=seed) if len(x_val) else None
-    for epoch in range(1, p.epochs + 1):
-        totals = sum(train_step(batches).numpy() for _ in range(steps))
+    x_train, y_train = data.x["train"], data.y["train"]
+    steps = session.steps
+    done = session.epoch * steps + session.step
+    _check_same_position(strategy, done)
+    batches = iter(_sharded_batches(strategy, x_train, y_train, global_batch, seed, done))
+    train_step, val_step, agree = _step_functions(model, strategy, global_batch)
+    val_ds = validation_batches(data, global_batch)
+    while session.epoch < p.epochs and not session.stopped:
+        epoch = session.epoch + 1
+        session.begin_epoch(epoch)
+        totals = np.array(session.partial if session.step else [0.0, 0.0, 0.0])
+        for step in range(session.step + 1, steps + 1):
+            out = train_step(batches, tf_flag(interrupt.requested())).numpy()
+            totals += out[:3]
+            if out[3] > 0:
+                interrupt.request()  # another worker got the signal: stop here with it
+            session.end_step(epoch, step, totals.tolist)
         logs = {"accuracy": totals[1] / totals[2], "loss": totals[0] / totals[2]}
         if val_ds is not None:
             totals = sum(val_step(images, labels).numpy() for images, labels in val_ds)
             logs.update({"val_accuracy": totals[1] / totals[2], "val_loss": totals[0] / totals[2]})
-        record(epoch, logs)
+        session.end_epoch(epoch, logs, check_signal=False)
+        # The chief's early-stopping decision holds on every worker, and so does a signal that
+        # came to any worker during validation (the epoch's checkpoint is written by now).
+        stop, signalled = agree(tf_flags(session.stopped and is_chief(), interrupt.requested())).numpy()
+        session.stopped = stop > 0
+        if signalled > 0:
+            interrupt.request()
+            raise KeyboardInterrupt("interrupted")
 
 
-def _sharded_batches(strategy, x: np.ndarray, y: np.ndarray, global_batch: int, seed: int):
-    """Endless per-replica batches: each worker's pipeline reads its own shard of the rows."""
+def tf_flag(value: bool):
+    import tensorflow as tf
+
+    return tf.constant(1.0 if value else 0.0, dtype=tf.float32)
+
+
+def tf_flags(*values: bool):
+    import tensorflow as tf
+
+    return tf.constant([1.0 if v else 0.0 for v in values], dtype=tf.float32)
+
+
+def _check_same_position(strategy, position: int) -> None:
+    """Stop with one line if the workers would resume from different steps (e.g. a worker cannot
+    see the chief's checkpoint folder)."""
+    import tensorflow as tf
+
+    def local():
+        return tf.constant([float(position)])
+
+    every = strategy.gather(strategy.run(local), axis=0).numpy()
+    if len(set(every.tolist())) > 1:
+        raise PipelineError(
+            f"the workers would resume from different steps ({sorted(set(every.astype(int).tolist()))}): "
+            "each must see the chief's checkpoints; set IMGCLF_CHECKPOINT_DIR to a folder they share"
+        )
+
+
+def _sharded_batches(strategy, x: np.ndarray, y: np.ndarray, global_batch: int, seed: int, skip: int):
+    """Endless per-replica batches, each worker reading its own share; ``skip`` steps done."""
 
     def one_pipeline(context):
-        return make_dataset(
+        return shard_batches(
             x,
             y,
             context.get_per_replica_batch_size(global_batch),
-            shuffle=True,
-            seed=seed,
+            seed,
             shard=(context.num_input_pipelines, context.input_pipeline_id),
-            repeat=True,
+            skip=skip,
         )
 
     return strategy.distribute_datasets_from_function(one_pipeline)
 
 
 def _step_functions(model, strategy, global_batch: int):
-    """``train_step(iterator)`` and ``val_step(images, labels)``, each returning the summed
-    [loss, correct, examples] of its batch over all replicas (see :func:`_sums`)."""
+    """``train_step(iterator, flag)``, ``val_step(images, labels)`` and ``agree(flag)``.
+
+    The first two return the summed [loss, correct, examples] of their batch over all replicas
+    (see :func:`_sums`); ``train_step`` adds the sum of every replica's ``flag``, and ``agree``
+    returns only that sum: how many replicas raised it.
+    """
     import keras
     import tensorflow as tf
 
@@ -180,7 +223,7 @@ def _step_functions(model, strategy, global_batch: int):
     with strategy.scope():
         optimizer.build(variables)
 
-    def replica_step(images, labels):
+    def replica_step(images, labels, flag):
         with tf.GradientTape() as tape:
             probs = model(images, training=True)
             per_example = loss_fn(labels, probs)
@@ -188,19 +231,24 @@ def _step_functions(model, strategy, global_batch: int):
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
         optimizer.apply_gradients(zip(grads, variables))
-        return _sums(labels, probs, per_example)
+        return tf.concat([_sums(labels, probs, per_example), [flag]], axis=0)
 
     @tf.function
-    def train_step(iterator):
-        totals = strategy.run(replica_step, args=next(iterator))
+    def train_step(iterator, flag):
+        images, labels = next(iterator)
+        totals = strategy.run(replica_step, args=(images, labels, flag))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
+
+    @tf.function
+    def agree(flag):
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: flag), axis=None)
 
     @tf.function
     def val_step(images, labels):
         probs = model(images, training=False)
         return _sums(labels, probs, loss_fn(labels, probs))
 
-    return train_step, val_step
+    return train_step, val_step, agree
 
 
 def _sums(labels, probs, per_example):

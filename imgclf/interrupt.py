@@ -7,18 +7,30 @@ callback it is printed as "Exception ignored in ..." and dropped, and code it pa
 :func:`check` raises it again at a safe point (training calls it at each epoch's end), and
 :func:`requested` lets the stage wrapper and the run's closing treat an error that follows a
 signal as the interruption it is.
+
+Inside :func:`deferred` (training), the first signal only sets the flag: the training loop sees
+it at the end of the step it is in, writes a checkpoint and then raises. A second signal raises
+at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
+from collections.abc import Iterator
 
 _received = threading.Event()
+_deferring = False
 
 
 def _handle(signum, frame):  # noqa: ARG001
+    first = not _received.is_set()
     _received.set()
+    if _deferring and first:
+        os.write(2, b"\nstopping after this step, with a checkpoint (signal again to stop at once)\n")
+        return
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -27,6 +39,22 @@ def install() -> None:
     _received.clear()
     signal.signal(signal.SIGINT, _handle)
     signal.signal(signal.SIGTERM, _handle)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block, a first signal waits for the code to call :func:`check`."""
+    global _deferring
+    previous, _deferring = _deferring, True
+    try:
+        yield
+    finally:
+        _deferring = previous
+
+
+def request() -> None:
+    """Act as if a signal had come (another worker of the cluster got one)."""
+    _received.set()
 
 
 def requested() -> bool:

@@ -78,6 +78,17 @@ class AugmentParams(_Section):
         return v
 
 
+MONITORS = ("val_loss", "val_accuracy", "loss", "accuracy")
+
+
+class EarlyStoppingParams(_Section):
+    """Which epoch is best (its weights are the ones saved), and when to stop waiting for a better one."""
+
+    patience: int = Field(0, ge=0, description="epochs without improvement before stopping; 0 = never stop early")
+    monitor: Literal[MONITORS] = "val_loss"  # type: ignore[valid-type]
+    min_delta: float = Field(0.0, ge=0, description="smallest change of the monitor that counts as better")
+
+
 class TrainParams(_Section):
     """The CNN (the seed's architecture by default) and how it is fitted."""
 
@@ -93,6 +104,9 @@ class TrainParams(_Section):
     mixed_precision: Literal["auto", "off", "bfloat16", "float16"] = "auto"
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     deterministic: bool = True
+    lr_schedule: Literal["constant", "cosine", "plateau"] = "constant"
+    early_stopping: EarlyStoppingParams = Field(default_factory=EarlyStoppingParams)
+    resume: bool = Field(True, description="continue an interrupted training from its last checkpoint")
 
     @field_validator("conv_filters")
     @classmethod
@@ -133,6 +147,16 @@ class Params(_Section):
                 f"data.image_size {self.data.image_size} is too small for "
                 f"{len(self.train.conv_filters)} conv blocks with kernel_size {self.train.kernel_size}: "
                 "raise data.image_size or use fewer train.conv_filters"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _monitor_has_data(self) -> Params:
+        monitor = self.train.early_stopping.monitor
+        if monitor.startswith("val_") and self.data.val_size == 0:
+            raise ValueError(
+                f"train.early_stopping.monitor is {monitor} but data.val_size is 0 (no validation split): "
+                f"set data.val_size above 0, or monitor {monitor[4:]}"
             )
         return self
 

@@ -42,36 +42,86 @@ def _streamable(x: np.ndarray) -> bool:
     return isinstance(x, np.memmap) and bool(x.filename) and x.flags.c_contiguous and len(x) > 0
 
 
-def make_dataset(
-    x: np.ndarray,
-    y: np.ndarray,
-    batch_size: int,
-    shuffle: bool,
-    seed: int,
-    shard: tuple[int, int] | None = None,
-    repeat: bool = False,
-):
-    """A tf.data pipeline of (uint8 images, int32 labels) batches, reshuffled every epoch (seeded).
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int):
+    """A tf.data pipeline of (uint8 images, int32 labels) batches, reshuffled every pass (seeded).
 
     A memory-mapped array is streamed from disk batch by batch, so datasets larger than RAM
-    train; an in-memory array is sliced directly. ``shard=(count, index)`` keeps every
-    ``count``-th row from ``index`` on (one worker's share); ``repeat`` makes it endless, with
-    a new order each pass.
+    work; an in-memory array is indexed directly.
     """
     import tensorflow as tf
 
-    labels = np.asarray(y, dtype=np.int32)
-    if not _streamable(x):
-        ds = tf.data.Dataset.from_tensor_slices((np.asarray(x), labels))
-        ds = _order(ds, len(labels), shard, shuffle, seed, repeat)
-        return _fixed(ds.batch(batch_size).prefetch(2))
+    ds = tf.data.Dataset.range(len(y))
+    if shuffle:
+        ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    return _load_batches(ds.batch(batch_size), x, y)
 
-    rows = NpyRows(x)
+
+def validation_batches(data, batch_size: int):
+    """The validation split's batches in file order, or ``None`` when it is empty."""
+    if not len(data.y["val"]):
+        return None
+    return make_dataset(data.x["val"], data.y["val"], batch_size, shuffle=False, seed=0)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of ``n`` training rows in ``epoch`` (from 1).
+
+    A function of the seed and the epoch alone, so a run resumed at any epoch or step reads
+    exactly the batches an uninterrupted run would.
+    """
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def training_batches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, first_epoch: int, last_epoch: int, skip: int = 0
+):
+    """Batches of epochs ``first_epoch`` to ``last_epoch``, each in :func:`epoch_order`, the
+    last batch of each epoch possibly short; the first ``skip`` batches are left out."""
+    import tensorflow as tf
+
+    n = len(y)
+
+    def one_epoch(epoch):
+        order = tf.numpy_function(lambda e: epoch_order(n, seed, int(e)), [epoch], tf.int64, stateful=False)
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    ds = tf.data.Dataset.range(first_epoch, last_epoch + 1).flat_map(one_epoch).skip(skip)
+    return _load_batches(ds, x, y)
+
+
+def shard_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, shard: tuple[int, int], skip: int = 0):
+    """One worker's endless batches: its share (every ``count``-th row from ``index``, for
+    ``shard=(count, index)``) of each epoch's :func:`epoch_order`, epoch after epoch, batches
+    running across epoch ends; the first ``skip`` batches are left out."""
+    import tensorflow as tf
+
+    n = len(y)
+    count, index = shard
+    share = len(range(index, n, count))
+    first_epoch, offset = divmod(skip * batch_size, share)
+
+    def one_epoch(epoch):
+        order = tf.numpy_function(
+            lambda e: epoch_order(n, seed, int(e))[index::count], [epoch], tf.int64, stateful=False
+        )
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    ds = tf.data.Dataset.range(first_epoch + 1, 2**62).flat_map(one_epoch).skip(offset).batch(batch_size)
+    return _load_batches(ds, x, y)
+
+
+def _load_batches(index_batches, x: np.ndarray, y: np.ndarray):
+    """Turn batches of row numbers into (images, labels) batches, read in a background thread."""
+    import tensorflow as tf
+
+    labels = np.asarray(y, dtype=np.int32)
+    rows = NpyRows(x) if _streamable(x) else None
+    array = None if rows else np.asarray(x)
     shape = (None,) + tuple(x.shape[1:])
 
     def load(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        idx = np.sort(idx)  # sequential reads; batch order inside a batch does not matter
-        return rows.read(idx), labels[idx]
+        idx = np.sort(idx)  # sequential reads; the order inside a batch does not matter
+        return (rows.read(idx) if rows else array[idx]), labels[idx]
 
     def load_tf(idx):
         images, targets = tf.numpy_function(load, [idx], [tf.uint8, tf.int32], stateful=False)
@@ -79,18 +129,7 @@ def make_dataset(
         targets.set_shape((None,))
         return images, targets
 
-    ds = _order(tf.data.Dataset.range(len(labels)), len(labels), shard, shuffle, seed, repeat)
-    ds = ds.batch(batch_size).map(load_tf, num_parallel_calls=2, deterministic=True)
-    return _fixed(ds.prefetch(4))
-
-
-def _order(ds, n: int, shard: tuple[int, int] | None, shuffle: bool, seed: int, repeat: bool):
-    """Which of ``ds``'s ``n`` elements, in what order: this worker's share, shuffled, endless."""
-    if shard:
-        ds = ds.shard(*shard)
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    return ds.repeat() if repeat else ds
+    return _fixed(index_batches.map(load_tf, num_parallel_calls=2, deterministic=True).prefetch(4))
 
 
 def _fixed(ds):

@@ -1,78 +1,307 @@
-"""Training: build the model under its strategy and fit it, one dict of metrics per epoch.
+"""Training: build the model under its strategy and fit it, resumably, one dict of metrics per epoch.
 
-:func:`train` is what the train stage runs, on every worker of a multi-worker cluster alike;
-:func:`fit` runs Keras' ``model.fit``, or the multi-worker step loop where ``fit`` cannot.
+:func:`train` is what the train stage runs, on every worker of a multi-worker cluster alike.
+:class:`Session` is one training across interruptions: its history, the monitor's state (best
+epoch, early stopping, learning rate, see :mod:`imgclf.monitor`), where it stands (epoch and
+step), and its checkpoints (see :mod:`imgclf.checkpoint`). :func:`fit` drives Keras'
+``model.fit`` through it; the multi-worker step loop (:mod:`imgclf.distribute`) drives it too.
+
+What a checkpoint holds, so that a resumed run continues exactly where the last one stopped:
+every model variable (weights and the dropout layers' random-generator states), every optimizer
+variable (moments, step count, rate), the best epoch's weights, and in ``state.json`` the
+history, the monitor's state and the position. The data order of each epoch depends on the seed
+and the epoch alone (:func:`imgclf.streaming.epoch_order`), so the resumed run reads the same
+batches. A signal mid-epoch checkpoints at the end of the step it lands in, with the epoch's
+running metric totals, so the resumed epoch's figures cover the whole epoch.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from imgclf import interrupt
-from imgclf.distribute import fit_multi_worker, is_multi_worker
+from imgclf.checkpoint import Checkpoints
+from imgclf.errors import PipelineError
+from imgclf.monitor import Monitor
 from imgclf.params import Params, TrainParams
 from imgclf.prepared import Prepared
-from imgclf.streaming import make_dataset
+from imgclf.progress import EpochProgress
 
 log = logging.getLogger(__name__)
 
-
-def fit(
-    model,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    p: TrainParams,
-    seed: int,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    strategy=None,
-) -> list[dict[str, Any]]:
-    """Train ``model``; return one dict of metrics per epoch (``epoch`` counts from 1).
-
-    ``model.fit`` does the work, except under a multi-worker strategy, which it cannot run in
-    Keras 3 (keras-team/keras#20585): :func:`fit_multi_worker` does it there.
-    """
-    import keras
-
-    history: list[dict[str, Any]] = []
-
-    def record(epoch: int, logs: dict) -> None:
-        row = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}}
-        history.append(row)
-        log.info("epoch %d/%d: %s", epoch, p.epochs, " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
-        if on_epoch:
-            on_epoch(epoch, row)
-        interrupt.check()  # a Ctrl-C whose exception got lost stops training here
-
-    if strategy is not None and is_multi_worker(strategy):
-        fit_multi_worker(model, strategy, x_train, y_train, x_val, y_val, p, seed, record)
-        return history
-
-    class _Record(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            record(epoch + 1, logs or {})
-
-    train_ds = make_dataset(x_train, y_train, p.batch_size, shuffle=True, seed=seed)
-    val_ds = make_dataset(x_val, y_val, p.batch_size, shuffle=False, seed=seed) if len(x_val) else None
-    # The dataset shuffles itself (seeded); Keras' own shuffle does not apply to tf.data.
-    model.fit(train_ds, validation_data=val_ds, epochs=p.epochs, verbose=0, shuffle=False, callbacks=[_Record()])
-    return history
+EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 @dataclass
 class Trained:
-    """A fitted model with its per-epoch history and the seconds its fitting took."""
+    """A fitted model (the best epoch's weights) with its per-epoch history and counts.
+
+    ``seconds`` and ``images`` add up every session of the training, resumed ones included.
+    """
 
     model: Any
     history: list[dict[str, Any]]
     seconds: float
+    images: int
+    best_epoch: int
+    resumed_from_epoch: int
+
+    @property
+    def best(self) -> dict[str, Any]:
+        return self.history[self.best_epoch - 1]
+
+
+class Session:
+    """One training's state as it goes, with its checkpoints; see the module docstring."""
+
+    def __init__(
+        self,
+        model,
+        p: TrainParams,
+        images_per_epoch: int,
+        store: Checkpoints | None = None,
+        on_epoch: EpochCallback | None = None,
+    ):
+        import tensorflow as tf
+
+        self.model, self.p, self.store, self.on_epoch = model, p, store, on_epoch
+        self.images_per_epoch = images_per_epoch
+        self.steps = max(1, math.ceil(images_per_epoch / p.batch_size))
+        self.monitor = Monitor(p)
+        self.state = self.monitor.initial()
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0  # epochs completed
+        self.step = 0  # steps completed of the epoch after that
+        self.partial: list[float] | None = None  # running metric totals at ``step``
+        self.seconds, self.images = 0.0, 0
+        self.stopped = False
+        self.resumed_from = 0
+        self.progress = EpochProgress(p.epochs, self.steps, p.batch_size, images_per_epoch)
+        self._clock = time.perf_counter()
+        optimizer = model.optimizer
+        optimizer.build(model.trainable_variables)
+        self.best_weights = [tf.Variable(w, trainable=False) for w in model.weights]
+        self.checkpoint = tf.train.Checkpoint(
+            model=list(model.variables), optimizer=list(optimizer.variables), best=self.best_weights
+        )
+        self.manager = None
+        self._counter = int(store.state.get("counter", 0)) if store and store.state else 0
+        if store is not None and store.writer:
+            self.manager = tf.train.CheckpointManager(self.checkpoint, str(store.folder), max_to_keep=2)
+
+    # -- resuming ------------------------------------------------------------------------------
+
+    def restore(self) -> int:
+        """Load the checkpoint's state, if any; return the epoch resumed from (0: a fresh start)."""
+        from imgclf.monitor import MonitorState
+
+        state = self.store.state if self.store else None
+        if not state:
+            return 0
+        self.checkpoint.restore(str(self.store.folder / state["checkpoint"])).assert_existing_objects_matched()
+        self.history = [dict(row) for row in state["history"]]
+        self.state = MonitorState.from_dict(state["monitor"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.partial = state.get("partial")
+        self.seconds, self.images = float(state["seconds"]), int(state["images"])
+        self.stopped = bool(state["stopped"])
+        self.resumed_from = self.epoch
+        return self.epoch
+
+    # -- the loop's hooks ----------------------------------------------------------------------
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Set the epoch's learning rate and start its progress display."""
+        rate = self.monitor.learning_rate(epoch, self.state)
+        self.model.optimizer.learning_rate.assign(rate)
+        self.progress.start(epoch, self.step if epoch == self.epoch + 1 else 0)
+
+    def end_step(self, epoch: int, step: int, totals: Callable[[], list[float]]) -> None:
+        """After step ``step`` (from 1) of ``epoch``: on a pending signal, checkpoint here and stop."""
+        self.progress.advance()
+        if interrupt.requested():
+            self._count_time(images=self._images_between(self.step if epoch == self.epoch + 1 else 0, step))
+            self.step, self.partial = step, totals()
+            self._save()
+            self.progress.close()
+            log.info("checkpoint written at epoch %d, step %d of %d", epoch, step, self.steps)
+            raise KeyboardInterrupt("interrupted")
+
+    def end_epoch(self, epoch: int, logs: dict[str, Any], check_signal: bool = True) -> bool:
+        """Record epoch ``epoch``; keep its weights if best; checkpoint; return whether to stop."""
+        self.progress.close()
+        row = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}}
+        row["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+        decision = self.monitor.update(self.state, epoch, row)
+        if decision.improved:
+            for best, current in zip(self.best_weights, self.model.weights, strict=True):
+                best.assign(current)
+        self._count_time(images=self._images_between(self.step if epoch == self.epoch + 1 else 0, self.steps))
+        self.history.append(row)
+        self.epoch, self.step, self.partial = epoch, 0, None
+        self.stopped = decision.stop
+        self._save()  # the last one too: a signal from here to the saved model loses nothing
+        log.info(
+            "epoch %d/%d: %s%s",
+            epoch,
+            self.p.epochs,
+            " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
+            " (best)" if decision.improved else "",
+        )
+        if self.on_epoch:
+            self.on_epoch(epoch, row)
+        if self.stopped:
+            log.info(
+                "early stopping: no %s better than epoch %d's %.4g for %d epochs",
+                self.monitor.name,
+                self.state.best_epoch,
+                self.state.best,
+                self.state.wait,
+            )
+        if check_signal:
+            interrupt.check()  # a signal during validation stops here, its epoch saved
+        return self.stopped or epoch >= self.p.epochs
+
+    def finish(self) -> Trained:
+        """The best epoch's weights in the model, and what the training did."""
+        self.progress.close()
+        for current, best in zip(self.model.weights, self.best_weights, strict=True):
+            current.assign(best)
+        return Trained(
+            model=self.model,
+            history=self.history,
+            seconds=self.seconds,
+            images=self.images,
+            best_epoch=self.state.best_epoch,
+            resumed_from_epoch=self.resumed_from,
+        )
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _images_between(self, first_step: int, last_step: int) -> int:
+        return min(last_step * self.p.batch_size, self.images_per_epoch) - min(
+            first_step * self.p.batch_size, self.images_per_epoch
+        )
+
+    def _count_time(self, images: int) -> None:
+        now = time.perf_counter()
+        self.seconds += now - self._clock
+        self._clock = now
+        self.images += images
+
+    def _save(self) -> None:
+        if self.store is None:
+            return
+        self._counter += 1
+        if self.manager is None:
+            # A non-chief worker takes part in the save (it may involve collective ops) into a
+            # scratch folder of its own, then drops it: the chief's checkpoint is the one kept.
+            import os
+            import shutil
+
+            scratch = self.store.folder / f".worker-{os.getpid()}"
+            self.checkpoint.write(str(scratch / "ckpt"))
+            shutil.rmtree(scratch, ignore_errors=True)
+            return
+        path = self.manager.save(checkpoint_number=self._counter)
+        self.store.commit(
+            {
+                "checkpoint": path.rsplit("/", 1)[-1],
+                "counter": self._counter,
+                "epoch": self.epoch,
+                "step": self.step,
+                "partial": self.partial,
+                "history": self.history,
+                "monitor": self.state.to_dict(),
+                "seconds": round(self.seconds, 3),
+                "images": self.images,
+                "stopped": self.stopped,
+            }
+        )
+
+
+def fit(model, data: Prepared, p: TrainParams, seed: int, session: Session, strategy=None) -> Trained:
+    """Train ``model`` on ``data`` from where ``session`` stands to the end or an early stop.
+
+    ``model.fit`` does the work, except under a multi-worker strategy, which it cannot run in
+    Keras 3 (keras-team/keras#20585): :func:`~imgclf.distribute.fit_multi_worker` does it there.
+    A first Ctrl-C or SIGTERM stops at the end of the step it lands in, after a checkpoint.
+    """
+    from imgclf.distribute import fit_multi_worker, is_multi_worker
+
+    with interrupt.deferred():
+        if strategy is not None and is_multi_worker(strategy):
+            fit_multi_worker(model, strategy, data, p, seed, session)
+        else:
+            _fit_keras(model, data, p, seed, session)
+    return session.finish()
+
+
+def _fit_keras(model, data: Prepared, p: TrainParams, seed: int, session: Session) -> None:
+    import keras
+
+    from imgclf.streaming import training_batches, validation_batches
+
+    x, y = data.x["train"], data.y["train"]
+    val_ds = validation_batches(data, p.batch_size)
+    restore_totals: list[float] | None = session.partial
+
+    def metric_totals() -> list[float]:
+        return [float(v.numpy()) for v in model.metrics_variables]
+
+    class Hooks(keras.callbacks.Callback):
+        def __init__(self, first_step: int):
+            super().__init__()
+            self.first_step = first_step
+
+        def on_epoch_begin(self, epoch: int, logs=None) -> None:  # noqa: ARG002
+            session.begin_epoch(epoch + 1)
+
+        def on_train_batch_end(self, batch: int, logs=None) -> None:  # noqa: ARG002
+            nonlocal restore_totals
+            if restore_totals is not None:
+                # Keras' epoch metrics are running sums and counts, built at the first step:
+                # adding the interrupted epoch's sums now gives exactly the uninterrupted state.
+                for variable, value in zip(model.metrics_variables, restore_totals, strict=True):
+                    variable.assign_add(value)
+                restore_totals = None
+            session.end_step(session.epoch + 1, self.first_step + batch + 1, metric_totals)
+
+        def on_epoch_end(self, epoch: int, logs=None) -> None:
+            if session.end_epoch(epoch + 1, logs or {}):
+                self.model.stop_training = True
+            self.first_step = 0
+
+    # A resume mid-epoch first finishes that epoch's remaining steps, then runs whole epochs.
+    if session.step:
+        epoch = session.epoch + 1
+        model.fit(
+            training_batches(x, y, p.batch_size, seed, epoch, epoch, skip=session.step),
+            validation_data=val_ds,
+            initial_epoch=epoch - 1,
+            epochs=epoch,
+            steps_per_epoch=session.steps - session.step,
+            verbose=0,
+            shuffle=False,  # the batches come in epoch_order already
+            callbacks=[Hooks(session.step)],
+        )
+    if session.stopped or session.epoch >= p.epochs:
+        return
+    model.fit(
+        training_batches(x, y, p.batch_size, seed, session.epoch + 1, p.epochs),
+        validation_data=val_ds,
+        initial_epoch=session.epoch,
+        epochs=p.epochs,
+        steps_per_epoch=session.steps,
+        verbose=0,
+        shuffle=False,
+        callbacks=[Hooks(0)],
+    )
 
 
 def prepare_model(p: Params, data: Prepared):
@@ -89,17 +318,29 @@ def prepare_model(p: Params, data: Prepared):
     return strategy, policy, model
 
 
+def check_monitor(p: TrainParams, data: Prepared) -> None:
+    """Stop with one line when the monitored metric cannot exist for this data."""
+    monitor = p.early_stopping.monitor
+    if monitor.startswith("val_") and not len(data.y["val"]):
+        raise PipelineError(
+            f"train.early_stopping.monitor is {monitor} but the validation split is empty: "
+            f"raise data.val_size, or monitor {monitor[4:]}"
+        )
+
+
 def train(
     p: Params,
     data: Prepared,
+    store: Checkpoints | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> Trained:
-    """Build the model for ``p`` and fit it on ``data``'s training split.
+    """Build the model for ``p`` and fit it on ``data``'s training split, resuming from ``store``.
 
     ``on_start(facts)`` gets the model's facts before the first epoch, ``on_epoch(epoch, row)``
-    each epoch's metrics as it ends.
+    each epoch's metrics as it ends (after its checkpoint is written).
     """
+    check_monitor(p.train, data)
     strategy, policy, model = prepare_model(p, data)
     facts = {
         "model.dtype_policy": policy,
@@ -108,9 +349,7 @@ def train(
     }
     if on_start:
         on_start(facts)
-    started = time.perf_counter()
-    history = fit(
-        model, data.x["train"], data.y["train"], data.x["val"], data.y["val"], p.train, p.base.seed,
-        on_epoch=on_epoch, strategy=strategy,
-    )  # fmt: skip
-    return Trained(model=model, history=history, seconds=time.perf_counter() - started)
+    with strategy.scope():
+        session = Session(model, p.train, len(data.y["train"]), store, on_epoch)
+        session.restore()
+    return fit(model, data, p.train, p.base.seed, session, strategy=strategy)

@@ -1,7 +1,9 @@
 """Stage ``train``: fit the CNN on ``data/prepared`` and save it as ``models/model.h5``.
 
-With ``train.strategy: multi_worker`` the same command runs on every worker of the
-``TF_CONFIG`` cluster; only the chief (worker 0) writes the outputs and logs to MLflow.
+An interrupted training resumes from its last checkpoint, in the same MLflow run (see
+:mod:`imgclf.checkpoint`). With ``train.strategy: multi_worker`` the same command runs on every
+worker of the ``TF_CONFIG`` cluster; only the chief (worker 0) writes the outputs, the
+checkpoints and the MLflow run.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from imgclf import paths, tracking
+from imgclf.checkpoint import open_checkpoints
 from imgclf.cli import main
 from imgclf.distribute import is_chief
 from imgclf.fileio import atomic_path, md5_file, write_json, write_text
@@ -16,7 +19,7 @@ from imgclf.history import history_csv
 from imgclf.params import load
 from imgclf.prepared import LABELS_FILE, Prepared, fingerprint, load_prepared
 from imgclf.result import StageResult
-from imgclf.training import Trained, train
+from imgclf.training import Trained, check_monitor, train
 
 log = logging.getLogger("train")
 
@@ -24,35 +27,54 @@ log = logging.getLogger("train")
 def run() -> None:
     p = load(paths.PARAMS)
     data = load_prepared(paths.PREPARED_DIR)
-    if p.train.strategy == "multi_worker" and not is_chief():
-        trained = train(p, data)
-        log.info("worker done after %d epochs; the chief writes the model and logs the run", len(trained.history))
-        return
-    with tracking.recorder("train", p) as rec:
-        trained = train(p, data, on_start=rec.log_params, on_epoch=rec.log_epoch)
-        rec.record(save(trained, data))
+    check_monitor(p.train, data)
+    chief = p.train.strategy != "multi_worker" or is_chief()
+    store = open_checkpoints(p, fingerprint(paths.PREPARED_DIR), writer=chief)
+    try:
+        if not chief:
+            trained = train(p, data, store)
+            log.info("worker done after %d epochs; the chief writes the model and logs the run", len(trained.history))
+            return
+        with tracking.recorder("train", p, continue_run=store and store.run_id) as rec:
+            if store is not None:
+                store.run_id = rec.run_id
+                if store.state:
+                    rec.log_history(store.state["history"])
+            trained = train(p, data, store, on_start=rec.log_params, on_epoch=rec.log_epoch)
+            rec.record(save(trained, data))
+        if store is not None:
+            store.remove()
+    finally:
+        if store is not None:
+            store.close()
 
 
 def save(trained: Trained, data: Prepared) -> StageResult:
-    """Write the model, its history and the metrics file; return what was made."""
+    """Write the model (the best epoch's weights), its history and the metrics file; return what was made."""
     with atomic_path(paths.MODEL) as tmp:
         trained.model.save(tmp)
     write_text(paths.HISTORY, history_csv(trained.history))
-    final = {k: v for k, v in trained.history[-1].items() if k != "epoch"}
-    write_json(paths.TRAIN_REPORT, final)
-    images = len(data.x["train"]) * len(trained.history)
+    best = {k: v for k, v in trained.best.items() if k != "epoch"}
+    counts = {
+        "best_epoch": trained.best_epoch,
+        "epochs_run": len(trained.history),
+        "resumed_from_epoch": trained.resumed_from_epoch,
+    }
+    write_json(paths.TRAIN_REPORT, {**best, **counts})
     return StageResult(
-        # The per-epoch metrics are logged already, one step an epoch.
+        # The per-epoch metrics are logged already, one step an epoch; the best epoch's again as best_*.
         metrics={
+            **{f"best_{k}": v for k, v in best.items()},
+            **counts,
             "train_seconds": round(trained.seconds, 3),
-            "train_images_per_second": round(images / trained.seconds, 1),
+            "train_images_per_second": round(trained.images / max(trained.seconds, 1e-9), 1),
         },
         fingerprints={"data": fingerprint(paths.PREPARED_DIR), "model": md5_file(paths.MODEL)},
         artifacts=[(paths.MODEL, "model"), (paths.PREPARED_DIR / LABELS_FILE, "model"), (paths.HISTORY, None)],
         model=trained.model,
         labels=data.labels,
-        summary=f"trained {len(trained.history)} epochs in {trained.seconds:.1f} s ("
-        + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if "accuracy" in k)
+        summary=f"trained {len(trained.history)} epochs in {trained.seconds:.1f} s, best epoch {trained.best_epoch} ("
+        + ", ".join(f"{k}={v:.4f}" for k, v in best.items() if "accuracy" in k)
         + ")",
     )
 

@@ -47,8 +47,9 @@ FINGERPRINT_TAGS = {"data": runs.TAG_DATA_MD5, "model": runs.TAG_MODEL_MD5}
 class Recorder:
     """Logs one stage's progress and result to its active run; made by :func:`recorder`."""
 
-    def __init__(self, p: Params):
+    def __init__(self, p: Params, run_id: str):
         self.p = p
+        self.run_id = run_id
         self.result: StageResult | None = None
         self.seconds = 0.0
 
@@ -74,6 +75,21 @@ class Recorder:
         with self._timed():
             mlflow.log_metrics(_metrics(metrics), step=epoch)
 
+    def log_history(self, history: list[dict[str, float]]) -> None:
+        """Log the epochs of a resumed run's ``history`` that its run is missing (an interruption
+        can fall between an epoch's checkpoint and its logging)."""
+        import mlflow
+
+        if not history:
+            return
+        with self._timed():
+            first = next(k for k in history[0] if k != "epoch")
+            logged = mlflow.MlflowClient().get_metric_history(self.run_id, runs.metric_key(first))
+            last = max((m.step for m in logged), default=0)
+            for row in history:
+                if row["epoch"] > last:
+                    mlflow.log_metrics(_metrics(row), step=row["epoch"])
+
     def record(self, result: StageResult) -> None:
         """Log the stage's result to its run."""
         import mlflow
@@ -92,12 +108,13 @@ class Recorder:
 
 
 @contextlib.contextmanager
-def recorder(stage: str, p: Params) -> Iterator[Recorder]:
-    """Open ``stage``'s run for the block; see the module docstring."""
+def recorder(stage: str, p: Params, continue_run: str | None = None) -> Iterator[Recorder]:
+    """Open ``stage``'s run for the block (or carry on the interrupted run ``continue_run``);
+    see the module docstring."""
     start = time.perf_counter()
     experiment_id = store.setup(p.mlflow.experiment)
-    with runs.open_run(stage, experiment_id, p.shaping(stage)) as run:
-        rec = Recorder(p)
+    with runs.open_run(stage, experiment_id, p.shaping(stage), continue_run) as run:
+        rec = Recorder(p, run.info.run_id)
         rec.seconds = time.perf_counter() - start
         yield rec
         with rec._timed():

@@ -4,6 +4,7 @@ writing a finished run in one go (the pipeline run and the links to cached stage
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import subprocess
@@ -11,6 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from imgclf import interrupt, paths
+
+log = logging.getLogger(__name__)
 
 TAG_STAGE = "imgclf.stage"
 TAG_DATA_MD5 = "imgclf.data_md5"
@@ -54,15 +57,43 @@ def context_tags(stage: str) -> dict[str, str]:
     return tags
 
 
+def _continue_run(run_id: str, experiment_id: str, stage: str):
+    """The active run ``run_id`` again, or ``None`` if the store no longer has it as ``stage``'s."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        run = None
+    if (
+        run is None
+        or run.info.experiment_id != experiment_id
+        or run.info.lifecycle_stage != "active"
+        or run.data.tags.get(TAG_STAGE) != stage
+    ):
+        log.warning("the interrupted run %s is not in this store any more: starting a new run", run_id)
+        return None
+    active = mlflow.start_run(run_id=run_id)
+    mlflow.set_tags(context_tags(stage))
+    return active
+
+
 @contextlib.contextmanager
-def open_run(stage: str, experiment_id: str, params: dict[str, Any]) -> Iterator[Any]:
+def open_run(stage: str, experiment_id: str, params: dict[str, Any], continue_run: str | None = None) -> Iterator[Any]:
     """The active run of ``stage`` (named after it) with ``params``; on leaving, it ends
-    FINISHED, KILLED (Ctrl-C, SIGTERM: see :mod:`imgclf.interrupt`) or FAILED (any other exception)."""
+    FINISHED, KILLED (Ctrl-C, SIGTERM: see :mod:`imgclf.interrupt`) or FAILED (any other exception).
+
+    ``continue_run`` is the id of an interrupted run of the same stage to carry on (a resumed
+    training), if the store still has it.
+    """
     import mlflow
 
     # A stray MLFLOW_RUN_ID would make start_run resume someone else's run.
     os.environ.pop("MLFLOW_RUN_ID", None)
-    active = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=context_tags(stage))
+    active = _continue_run(continue_run, experiment_id, stage) if continue_run else None
+    if active is None:
+        active = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=context_tags(stage))
     status = "FINISHED"
     try:
         if params:

@@ -1,0 +1,215 @@
+"""Where an unfinished training keeps its checkpoints, and whether the next run may resume them.
+
+A training's checkpoints live in one folder, ``<root>/train-<key>``:
+
+- The root is ``$IMGCLF_CHECKPOINT_DIR``, else ``.imgclf/checkpoints`` in the main repository
+  (``DVC_ROOT``). That is outside DVC's outputs, which DVC deletes before a stage runs. Queued
+  and ``--temp`` experiments, which run in throw-away copies, find their checkpoints there too.
+- The key is a digest of everything that shapes the model: the train params (all but
+  ``train.resume``), the prepared data's fingerprint, and the code (every ``imgclf`` module and
+  ``stages/train.py``, plus the TensorFlow and Keras versions). Experiments with different
+  params never share a folder, and a stale checkpoint is never resumed.
+- ``state.json`` is the commit point: it names the TensorFlow checkpoint (``ckpt-N.*``, written
+  by :mod:`imgclf.training`) that matches it, and holds the rest of the state (epoch, step,
+  history, early-stopping and learning-rate state, the MLflow run). It is replaced atomically
+  after the checkpoint it names is complete, so a kill at any moment leaves a consistent pair.
+- A ``lock`` (``flock``) keeps two processes from training into the same folder at once.
+
+A fresh start removes the other, unlocked checkpoint folders after saying what differed from
+them, so interrupted runs with old params do not pile up on disk. The folder is removed when
+training completes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from imgclf import paths
+from imgclf.params import Params
+
+log = logging.getLogger(__name__)
+
+ENV_DIR = "IMGCLF_CHECKPOINT_DIR"
+STATE_FILE = "state.json"
+LOCK_FILE = "lock"
+FORMAT = 1
+
+
+def checkpoints_root() -> Path:
+    """The folder holding every training's checkpoint folder (see the module docstring)."""
+    configured = os.environ.get(ENV_DIR)
+    if configured:
+        return Path(configured).expanduser().resolve()
+    return paths.store_root() / ".imgclf" / "checkpoints"
+
+
+def code_digest() -> str:
+    """MD5 of the code that trains: the ``imgclf`` package, the train stage, TF and Keras versions."""
+    import keras
+    import tensorflow as tf
+
+    files = sorted((paths.ROOT / "imgclf").rglob("*.py")) + [paths.ROOT / "stages" / "train.py"]
+    digest = hashlib.md5(f"tensorflow {tf.__version__} keras {keras.__version__}\n".encode())
+    for path in files:
+        digest.update(f"{path.relative_to(paths.ROOT).as_posix()}\n".encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def identity(p: Params, data_fingerprint: str) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed."""
+    params = {k: v for k, v in p.shaping("train").items() if k != "train.resume"}
+    return {"params": params, "data": data_fingerprint, "code": code_digest()}
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What changed between two identities, in words."""
+    out = []
+    old_params, new_params = old.get("params", {}), new.get("params", {})
+    for key in sorted(set(old_params) | set(new_params)):
+        if old_params.get(key) != new_params.get(key):
+            out.append(f"{key} {old_params.get(key)!r} -> {new_params.get(key)!r}")
+    if old.get("data") != new.get("data"):
+        out.append("the prepared data")
+    if old.get("code") != new.get("code"):
+        out.append("the code")
+    return out or ["its format"]
+
+
+class Checkpoints:
+    """One training's checkpoint folder, opened by :func:`open_checkpoints`.
+
+    ``state`` is the committed state to resume from (``None``: start fresh). ``writer`` is false
+    for a multi-worker cluster's non-chief workers: they read the chief's state but never write
+    or remove it. Set ``run_id`` (the MLflow run) before the first :meth:`commit`.
+    """
+
+    def __init__(self, folder: Path, ident: dict[str, Any], state: dict[str, Any] | None, writer: bool, lock):
+        self.folder = folder
+        self.identity = ident
+        self.state = state
+        self.writer = writer
+        self.run_id: str | None = state.get("run_id") if state else None
+        self._lock = lock
+
+    @property
+    def resumed_epoch(self) -> int:
+        return int(self.state["epoch"]) if self.state else 0
+
+    def commit(self, state: dict[str, Any]) -> None:
+        """Make ``state`` (naming a complete TensorFlow checkpoint in the folder) the one to resume."""
+        if not self.writer:
+            return
+        full = {"format": FORMAT, "identity": self.identity, "run_id": self.run_id, **state}
+        _write_durably(self.folder / STATE_FILE, json.dumps(full, indent=1, sort_keys=True) + "\n")
+        self.state = full
+
+    def remove(self) -> None:
+        """Delete the folder (training completed) and let go of the lock."""
+        if self.writer:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.close()
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def open_checkpoints(p: Params, data_fingerprint: str, writer: bool = True) -> Checkpoints | None:
+    """The checkpoint folder for ``p`` and the data, with the state to resume from if any.
+
+    Returns ``None`` (train without checkpoints) when ``train.resume`` is false or another
+    process holds the folder. Says in the log whether it resumes and why it does not.
+    """
+    root = checkpoints_root()
+    ident = identity(p, data_fingerprint)
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    folder = root / f"train-{key}"
+    if not p.train.resume:
+        if writer and folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("train.resume is false: removed the checkpoint in %s; starting fresh", folder)
+        return None
+    lock = None
+    if writer:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 (held until training ends)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            log.warning("another process is training with the same params and data (%s): no checkpoints", folder)
+            return None
+    state = _read_state(folder)
+    if state is not None and state.get("identity") != ident:
+        state = None  # a key collision, or a hand-edited file: never resume it
+    if state is not None:
+        log.info(
+            "resuming from epoch %d%s (checkpoint in %s)",
+            state["epoch"],
+            f", step {state['step']} of epoch {state['epoch'] + 1}" if state.get("step") else "",
+            folder,
+        )
+    elif writer:
+        for leftover in folder.iterdir():  # files of an attempt that never committed a state
+            if leftover.name != LOCK_FILE:
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        _remove_stale(root, folder, ident)
+    return Checkpoints(folder, ident, state, writer, lock)
+
+
+def _read_state(folder: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        log.warning("%s: unreadable (%s); starting fresh", folder / STATE_FILE, err)
+        return None
+    return state if isinstance(state, dict) and state.get("format") == FORMAT else None
+
+
+def _remove_stale(root: Path, keep: Path, ident: dict[str, Any]) -> None:
+    """Remove the other checkpoint folders no process holds, saying why they are not resumed."""
+    for folder in sorted(root.glob("train-*")):
+        if folder == keep or not folder.is_dir():
+            continue
+        with open(folder / LOCK_FILE, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another training is using it
+            state = _read_state(folder)
+            if state is not None:
+                log.info(
+                    "starting fresh: the checkpoint of epoch %d in %s does not match (changed: %s); removing it",
+                    state.get("epoch", 0),
+                    folder,
+                    "; ".join(differences(state.get("identity", {}), ident)),
+                )
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_durably(target: Path, text: str) -> None:
+    """Replace ``target`` with ``text`` so that a crash or power loss leaves the old or the new file."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    with contextlib.suppress(OSError):
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
