@@ -36,7 +36,7 @@ def _handle(signum, frame):  # noqa: ARG001
 
 def install() -> None:
     """Handle SIGINT and SIGTERM as described above (main thread only)."""
-    _received.clear()
+    clear()
     signal.signal(signal.SIGINT, _handle)
     signal.signal(signal.SIGTERM, _handle)
 
@@ -50,6 +50,11 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _deferring = previous
+
+
+def clear() -> None:
+    """Forget a signal that has been dealt with."""
+    _received.clear()
 
 
 def request() -> None:

@@ -225,8 +225,9 @@ class Session:
         )
 
 
-def fit(model, data: Prepared, p: TrainParams, seed: int, session: Session, strategy=None) -> Trained:
-    """Train ``model`` on ``data`` from where ``session`` stands to the end or an early stop.
+def fit(model, data: Prepared, p: TrainParams, seed: int, session: Session | None = None, strategy=None) -> Trained:
+    """Train ``model`` on ``data`` from where ``session`` stands (a new one: from the start) to
+    the last epoch or an early stop; return the best epoch's model and the history.
 
     ``model.fit`` does the work, except under a multi-worker strategy, which it cannot run in
     Keras 3 (keras-team/keras#20585): :func:`~imgclf.distribute.fit_multi_worker` does it there.
@@ -234,6 +235,8 @@ def fit(model, data: Prepared, p: TrainParams, seed: int, session: Session, stra
     """
     from imgclf.distribute import fit_multi_worker, is_multi_worker
 
+    if session is None:
+        session = Session(model, p, len(data.y["train"]))
     with interrupt.deferred():
         if strategy is not None and is_multi_worker(strategy):
             fit_multi_worker(model, strategy, data, p, seed, session)

@@ -21,7 +21,7 @@ def main() -> None:
 
     strategy = make_strategy(strategy_name)
     from imgclf.params import TrainParams
-    from tests.helpers import CLASS_COLOURS, make_image
+    from tests.helpers import CLASS_COLOURS, as_prepared, make_image
 
     seed_everything(0, deterministic=False)
     images, labels = [], []
@@ -34,12 +34,19 @@ def main() -> None:
     x, y = x[order], y[order]
     x_train, y_train, x_test, y_test = x[:90], y[:90], x[90:], y[90:]
     p = TrainParams(
-        conv_filters=[8], dense_units=16, epochs=8, batch_size=16, mixed_precision="off", strategy=strategy_name
+        conv_filters=[8],
+        dense_units=16,
+        epochs=8,
+        batch_size=16,
+        mixed_precision="off",
+        strategy=strategy_name,
+        early_stopping={"monitor": "loss"},
     )
     with strategy.scope():
         model = build_model(16, 3, p)
     start = time.perf_counter()
-    history = fit(model, x_train, y_train, x_test[:0], y_test[:0], p, seed=0, strategy=strategy)
+    trained = fit(model, as_prepared(x_train, y_train, x_test[:0], y_test[:0]), p, seed=0, strategy=strategy)
+    history = trained.history
     seconds = time.perf_counter() - start
     accuracy = float((model.predict(x_test, verbose=0).argmax(1) == y_test).mean())
     print(

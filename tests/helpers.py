@@ -61,6 +61,17 @@ def colour_arrays(n: int = 48, size: int = 12) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def as_prepared(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray):
+    """In-memory arrays as a :class:`~imgclf.prepared.Prepared` (no test split)."""
+    from imgclf.prepared import Prepared
+
+    return Prepared(
+        labels=[str(c) for c in range(int(max(y.max(), 1)) + 1)],
+        x={"train": x, "val": x_val, "test": x_val[:0]},
+        y={"train": y, "val": y_val, "test": y_val[:0]},
+    )
+
+
 def make_class_folders(root: Path, per_class: int = 8, size: int = 16, fmt: str = "png") -> Path:
     """``root/<colour>/<n>.png``: ``per_class`` distinct small images per colour class."""
     for c, (label, colour) in enumerate(CLASS_COLOURS.items()):

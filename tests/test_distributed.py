@@ -111,7 +111,7 @@ def test_train_stage_with_two_workers_writes_and_logs_once(project: Project):
     assert run.data.params["model.replicas"] == "2"
     assert run.data.metrics["accuracy"] > 0
     report = p.json("reports/train.json")
-    assert report["accuracy"] == run.data.metrics["accuracy"]
+    assert report["accuracy"] == run.data.metrics["best_accuracy"]
     # The pipeline goes on from the chief's model as from any other.
     p.sh("dvc", "commit", "-f", "train")
     p.sh("dvc", "repro", "evaluate")

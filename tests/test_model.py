@@ -17,7 +17,7 @@ from imgclf.model import build_model, load_model  # noqa: E402
 from imgclf.runtime import seed_everything  # noqa: E402
 from imgclf.training import fit  # noqa: E402
 
-from .helpers import colour_arrays  # noqa: E402
+from .helpers import as_prepared, colour_arrays  # noqa: E402
 
 
 def test_default_architecture_matches_the_seed():
@@ -52,8 +52,8 @@ def _train(seed: int):
     seed_everything(seed, deterministic=True)
     x, y = colour_arrays()
     model = build_model(12, 3, TINY)
-    history = fit(model, x, y, x[:6], y[:6], TINY, seed)
-    return model, history
+    trained = fit(model, as_prepared(x, y, x[:6], y[:6]), TINY, seed)
+    return model, trained.history
 
 
 def test_training_is_repeatable_with_one_seed():

@@ -12,7 +12,7 @@ from imgclf.cli import run_stage
 from imgclf.params import TrainParams
 from stages import predict
 
-from .helpers import CLASS_COLOURS, make_class_folders
+from .helpers import CLASS_COLOURS, as_prepared, make_class_folders
 
 keras = pytest.importorskip("keras")
 
@@ -31,10 +31,17 @@ def model_dir(tmp_path_factory) -> Path:
     images = make_class_folders(root / "train", per_class=10)
     decoded = decode(scan(images), 16, root)
     x, y = decoded.originals(np.arange(len(decoded.y))), decoded.y
-    p = TrainParams(conv_filters=[8], dense_units=16, epochs=15, batch_size=8, mixed_precision="off")
+    p = TrainParams(
+        conv_filters=[8],
+        dense_units=16,
+        epochs=15,
+        batch_size=8,
+        mixed_precision="off",
+        early_stopping={"monitor": "loss"},
+    )
     seed_everything(0, True)
     model = build_model(16, 3, p)
-    fit(model, x, y, x[:0], y[:0], p, 0)
+    fit(model, as_prepared(x, y, x[:0], y[:0]), p, 0)
     model.save(root / "model.h5")
     (root / "labels.json").write_text(json.dumps(LABELS))
     return root

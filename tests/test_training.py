@@ -1,0 +1,76 @@
+"""Training across interruptions: a resumed run ends as an uninterrupted one; early stopping keeps
+the best epoch's weights; the learning rate follows its schedule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("keras")
+
+from imgclf import checkpoint, interrupt  # noqa: E402
+from imgclf.checkpoint import open_checkpoints  # noqa: E402
+from imgclf.params import parse  # noqa: E402
+from imgclf.training import Session, train  # noqa: E402
+
+from .helpers import as_prepared, colour_arrays  # noqa: E402
+
+TINY = {"conv_filters": [4], "dense_units": 8, "batch_size": 8, "mixed_precision": "off"}
+
+
+def _data():
+    x, y = colour_arrays(n=48)
+    return as_prepared(x[:36], y[:36], x[36:], y[36:])
+
+
+def _params(**train) -> object:
+    return parse({"data": {"image_size": 12}, "train": {**TINY, **train}})
+
+
+def test_resumed_mid_epoch_ends_with_the_weights_and_history_of_an_uninterrupted_run(monkeypatch, tmp_path):
+    monkeypatch.setenv(checkpoint.ENV_DIR, str(tmp_path))
+    p, data = _params(epochs=3, early_stopping={"monitor": "loss"}), _data()
+    full = train(p, data)
+
+    stop_at = (2, 3)  # epoch 2, after its 3rd of 5 steps
+    end_step = Session.end_step
+
+    def signal_at(self, epoch, step, totals):
+        if (epoch, step) == stop_at:
+            interrupt.request()
+        return end_step(self, epoch, step, totals)
+
+    monkeypatch.setattr(Session, "end_step", signal_at)
+    store = open_checkpoints(p, "data")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(p, data, store)
+    finally:
+        interrupt.clear()
+    monkeypatch.setattr(Session, "end_step", end_step)
+    store.close()
+
+    store = open_checkpoints(p, "data")
+    assert (store.state["epoch"], store.state["step"]) == (1, 3)
+    resumed = train(p, data, store)
+    assert resumed.resumed_from_epoch == 1
+    assert resumed.history == full.history  # epoch 2's figures cover the whole epoch
+    assert resumed.best_epoch == full.best_epoch == 3
+    for a, b in zip(resumed.model.get_weights(), full.model.get_weights(), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_early_stopping_keeps_the_best_epochs_weights():
+    # No epoch can beat the first by 10: training stops after `patience` more.
+    p, data = _params(epochs=8, early_stopping={"patience": 2, "monitor": "val_loss", "min_delta": 10}), _data()
+    trained = train(p, data)
+    assert len(trained.history) == 3 and trained.best_epoch == 1
+    predicted = trained.model.predict(data.x["val"], verbose=0).argmax(axis=1)
+    assert np.mean(predicted == data.y["val"]) == pytest.approx(trained.best["val_accuracy"], abs=1e-6)
+    assert trained.best is trained.history[0]
+
+
+def test_the_rate_of_each_epoch_is_in_its_history():
+    p = _params(epochs=3, learning_rate=0.01, lr_schedule="cosine")
+    rates = [row["learning_rate"] for row in train(p, _data()).history]
+    assert rates == pytest.approx([0.01, 0.0075, 0.0025])
