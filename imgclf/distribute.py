@@ -160,7 +160,7 @@ def fit_multi_worker(model, strategy, data, p: TrainParams, seed: int, session) 
         session.stopped = stop > 0
         if signalled > 0:
             interrupt.request()
-            raise KeyboardInterrupt("interrupted")
+            session.stop_at_epoch_end()
 
 
 def tf_flag(value: bool):

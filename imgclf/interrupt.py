@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 _received = threading.Event()
 _deferring = False
+_installed = False
 
 
 def _handle(signum, frame):  # noqa: ARG001
@@ -36,9 +37,22 @@ def _handle(signum, frame):  # noqa: ARG001
 
 def install() -> None:
     """Handle SIGINT and SIGTERM as described above (main thread only)."""
+    global _installed
     clear()
     signal.signal(signal.SIGINT, _handle)
     signal.signal(signal.SIGTERM, _handle)
+    _installed = True
+
+
+def take_back() -> None:
+    """Handle the signals again after native code replaced the handlers behind Python's back.
+
+    TensorFlow's multi-worker runtime installs its own SIGTERM handler in C++ (a preemption
+    notifier we do not use), so Python would never see a SIGTERM again.
+    """
+    if _installed:
+        signal.signal(signal.SIGINT, _handle)
+        signal.signal(signal.SIGTERM, _handle)
 
 
 @contextlib.contextmanager

@@ -163,9 +163,14 @@ class Session:
                 self.state.best,
                 self.state.wait,
             )
-        if check_signal:
-            interrupt.check()  # a signal during validation stops here, its epoch saved
+        if check_signal and interrupt.requested():  # a signal during validation: its epoch is saved
+            self.stop_at_epoch_end()
         return self.stopped or epoch >= self.p.epochs
+
+    def stop_at_epoch_end(self) -> None:
+        """Stop after an epoch whose checkpoint is written (a signal came during its end)."""
+        log.info("checkpoint written at the end of epoch %d", self.epoch)
+        raise KeyboardInterrupt("interrupted")
 
     def finish(self) -> Trained:
         """The best epoch's weights in the model, and what the training did."""
@@ -314,6 +319,7 @@ def prepare_model(p: Params, data: Prepared):
     from imgclf.runtime import seed_everything, set_precision
 
     strategy = make_strategy(p.train.strategy)  # first: a multi-worker one sets TensorFlow up
+    interrupt.take_back()
     seed_everything(p.base.seed, p.train.deterministic)
     policy = set_precision(p.train.mixed_precision)
     with strategy.scope():

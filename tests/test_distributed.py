@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -40,7 +42,7 @@ def _cluster(workers: int) -> list[str]:
 
 
 def _run_workers(
-    cmd: list[str], cwd: Path, env: dict, workers: int = 2, timeout: int = 300
+    cmd: list[str], cwd: Path, env: dict, workers: int = 2, timeout: int = 300, cluster: list[str] | None = None
 ) -> tuple[list[subprocess.CompletedProcess], float]:
     """Start one process per worker of a loopback TF_CONFIG cluster; wait for all of them."""
     start = time.perf_counter()
@@ -48,7 +50,7 @@ def _run_workers(
         subprocess.Popen(
             cmd, cwd=cwd, env={**env, "TF_CONFIG": config}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        for config in _cluster(workers)
+        for config in cluster or _cluster(workers)
     ]
     try:
         outs = [proc.communicate(timeout=timeout) for proc in procs]
@@ -116,3 +118,48 @@ def test_train_stage_with_two_workers_writes_and_logs_once(project: Project):
     p.sh("dvc", "commit", "-f", "train")
     p.sh("dvc", "repro", "evaluate")
     assert p.json("reports/metrics.json")["test_accuracy"] > 0
+
+
+def test_multi_worker_interrupted_on_one_worker_stops_both_and_resumes(project: Project):
+    """SIGTERM to the chief alone: both workers checkpoint at the same step and stop; run again,
+    both resume from it and the chief's MLflow run carries on to the end."""
+    p = project
+    p.set_params(
+        train={"strategy": "multi_worker", "batch_size": 8, "epochs": 30, "early_stopping": {"monitor": "loss"}}
+    )
+    (p.root / "models" / "model.h5").unlink()
+    state_file = p.root / ".imgclf" / "checkpoints"
+    cmd = [sys.executable, "-m", "stages.train"]
+    configs = _cluster(2)
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=p.root, env={**p.env, "TF_CONFIG": c}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for c in configs
+    ]
+    try:
+        deadline = time.monotonic() + 240
+        while not list(state_file.glob("train-*/state.json")) and time.monotonic() < deadline:
+            assert procs[0].poll() is None, procs[0].communicate()[1][-3000:]
+            time.sleep(0.05)
+        procs[0].send_signal(signal.SIGTERM)
+        outs = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [proc.returncode for proc in procs] == [130, 130], outs[1][1][-3000:]
+    stopped = [re.search(r"checkpoint written at (epoch \d+, step \d+|the end of epoch \d+)", err) for _, err in outs]
+    assert all(stopped) and stopped[0].groups() == stopped[1].groups(), outs[0][1][-3000:]  # the same step
+    (state,) = state_file.glob("train-*/state.json")
+    epoch = json.loads(state.read_text())["epoch"]
+
+    again, _ = _run_workers(cmd, p.root, p.env, cluster=_cluster(2))
+    for proc in again:
+        assert f"resuming from epoch {epoch}" in proc.stderr
+    (run,) = p.runs("train")[:1]
+    assert run.info.status == "FINISHED" and run.data.metrics["resumed_from_epoch"] == epoch
+    from mlflow import MlflowClient
+
+    steps = [m.step for m in MlflowClient(p.tracking_uri).get_metric_history(run.info.run_id, "loss")]
+    assert sorted(steps) == list(range(1, 31))
+    assert (p.root / "models" / "model.h5").is_file()

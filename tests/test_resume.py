@@ -1,0 +1,107 @@
+"""Resume for real: `dvc repro` whose train process is SIGKILLed mid-training, then run again."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from imgclf.checkpoint import STATE_FILE
+
+from .helpers import Project
+
+pytestmark = pytest.mark.slow
+
+LONG = {"epochs": 40, "early_stopping": {"monitor": "loss"}}  # long enough to be killed halfway
+
+
+def _state_files(p: Project) -> list:
+    return sorted((p.root / ".imgclf" / "checkpoints").glob(f"train-*/{STATE_FILE}"))
+
+
+def _kill_train_after(p: Project, epoch: int, timeout: float = 240) -> dict:
+    """Start `dvc repro train`, SIGKILL its train process once a checkpoint of ``epoch`` or later
+    is committed; return the committed state."""
+    dvc = subprocess.Popen(
+        ["dvc", "repro", "train"], cwd=p.root, env=p.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            states = _state_files(p)
+            if states:
+                try:
+                    state = json.loads(states[0].read_text())
+                except ValueError:
+                    state = {"epoch": -1}
+                if state["epoch"] >= epoch:
+                    trains = [
+                        c for c in psutil.Process(dvc.pid).children(recursive=True) if "stages.train" in c.cmdline()
+                    ]
+                    assert trains, "the train process ended before it could be killed"
+                    trains[0].send_signal(signal.SIGKILL)
+                    dvc.wait(timeout=60)
+                    assert dvc.returncode != 0
+                    return json.loads(states[0].read_text())
+            assert dvc.poll() is None, dvc.stdout.read()[-3000:]
+            time.sleep(0.01)
+        pytest.fail("no checkpoint appeared in time")
+    finally:
+        dvc.kill()
+
+
+def _weights(path) -> list[np.ndarray]:
+    from imgclf.model import load_model
+
+    return load_model(path).get_weights()
+
+
+def test_sigkill_mid_training_resumes_in_the_same_run_with_the_uninterrupted_weights(project: Project):
+    p = project
+    p.set_params(train=LONG)
+    killed = _kill_train_after(p, epoch=3)
+    (killed_run,) = [r for r in p.runs("train") if r.info.status == "RUNNING"]
+
+    p.env["IMGCLF_PROGRESS_SECONDS"] = "0"  # a plain progress line at every step
+    out = p.sh("dvc", "repro", "train")
+    log = out.stdout + out.stderr
+    assert f"resuming from epoch {killed['epoch']}" in log
+    assert "\r" not in log  # no bar redraws in a log file
+    assert re.search(r"epoch \d+/40: step \d+/\d+ \(\d+%\), \d+ img/s, ETA \d\d:\d\d:\d\d", log), log[-3000:]
+    assert not _state_files(p)  # removed once training completed
+
+    run = [r for r in p.runs("train") if r.info.run_id == killed_run.info.run_id][0]
+    assert run.info.status == "FINISHED"
+    from mlflow import MlflowClient
+
+    steps = [m.step for m in MlflowClient(p.tracking_uri).get_metric_history(run.info.run_id, "loss")]
+    assert sorted(steps) == list(range(1, 41))  # one value per epoch, none twice, none missing
+    report = p.json("reports/train.json")
+    assert report["resumed_from_epoch"] == killed["epoch"] and report["epochs_run"] == 40
+    assert run.data.metrics["resumed_from_epoch"] == killed["epoch"]
+
+    # The same training uninterrupted (deterministic) ends with the very same weights.
+    resumed = _weights(p.root / "models" / "model.h5")
+    p.set_params(train={"resume": False})
+    p.sh("dvc", "repro", "train")
+    for a, b in zip(resumed, _weights(p.root / "models" / "model.h5"), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_a_param_changed_after_a_kill_starts_fresh_and_says_why(project: Project):
+    p = project
+    p.set_params(train=LONG)
+    _kill_train_after(p, epoch=1)
+    (stale,) = _state_files(p)
+    p.set_params(train={"epochs": 2, "learning_rate": 0.002})
+    out = p.sh("dvc", "repro", "train")
+    log = out.stdout + out.stderr
+    assert "starting fresh" in log and "train.learning_rate 0.001 -> 0.002" in log and "train.epochs 40 -> 2" in log
+    assert "resuming" not in log and not stale.exists()
+    assert p.json("reports/train.json")["resumed_from_epoch"] == 0
