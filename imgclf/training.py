@@ -17,6 +17,7 @@ running metric totals, so the resumed epoch's figures cover the whole epoch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -241,7 +242,8 @@ def fit(model, data: Prepared, p: TrainParams, seed: int, session: Session | Non
     from imgclf.distribute import fit_multi_worker, is_multi_worker
 
     if session is None:
-        session = Session(model, p, len(data.y["train"]))
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            session = Session(model, p, len(data.y["train"]))
     with interrupt.deferred():
         if strategy is not None and is_multi_worker(strategy):
             fit_multi_worker(model, strategy, data, p, seed, session)

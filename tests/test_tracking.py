@@ -52,9 +52,8 @@ def test_recorder_logs_shaping_params_progress_and_result(mlflow_store: str, tmp
     (run,) = _runs("train")
     assert run.info.status == "FINISHED"
     # Exactly the sections that shape the stage, flattened as DVC names them, plus what it found out.
-    assert set(run.data.params) == {f"base.{k}" for k in P.section("base")} | {
-        f"train.{k}" for k in P.section("train")
-    } | {"model.parameters"}
+    assert set(run.data.params) == set(P.shaping("train")) | {"model.parameters"}
+    assert {"base.seed", "train.epochs", "train.early_stopping.patience"} <= set(run.data.params)
     assert run.data.params["train.conv_filters"] == "[4, 8]" and run.data.params["model.parameters"] == "1234"
     assert run.data.tags[tracking.TAG_STAGE] == "train" and run.data.tags["dvc.exp_name"] == "exp-abc"
     assert run.data.tags[tracking.TAG_DATA_MD5] == "abc"
@@ -64,6 +63,27 @@ def test_recorder_logs_shaping_params_progress_and_result(mlflow_store: str, tmp
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_loss")
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5)]
     assert [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "reports")] == ["reports/report.json"]
+
+
+def test_a_resumed_training_continues_its_run_and_logs_the_epochs_it_missed(mlflow_store: str, caplog):
+    with pytest.raises(KeyboardInterrupt), tracking.recorder("train", P) as rec:
+        rec.log_epoch(1, {"epoch": 1, "loss": 0.9})
+        raise KeyboardInterrupt  # epoch 2 was checkpointed, but the kill came before it was logged
+    killed = rec.run_id
+    history = [{"epoch": 1, "loss": 0.9}, {"epoch": 2, "loss": 0.8}]
+    with tracking.recorder("train", P, continue_run=killed) as rec:
+        rec.log_history(history)
+        rec.log_epoch(3, {"epoch": 3, "loss": 0.7})
+    assert rec.run_id == killed
+    (run,) = _runs("train")
+    assert run.info.status == "FINISHED"
+    steps = mlflow.MlflowClient().get_metric_history(killed, "loss")
+    assert [(m.step, m.value) for m in steps] == [(1, 0.9), (2, 0.8), (3, 0.7)]
+    # A run the store no longer has (deleted, another store): a new run, and a warning.
+    mlflow.MlflowClient().delete_run(killed)
+    with tracking.recorder("train", P, continue_run=killed) as rec:
+        pass
+    assert rec.run_id != killed and "not in this store any more" in caplog.text
 
 
 @pytest.mark.parametrize("exc, status", [(RuntimeError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
