@@ -166,3 +166,10 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_it(mlflow_store: str, tmp_pat
     tracking.setup(EXP)
     exp = mlflow.MlflowClient().get_experiment_by_name(EXP)
     assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()
+
+
+def test_the_pipeline_run_shows_the_best_epochs_figures_in_place_of_the_last_ones():
+    from imgclf.tracking.lineage import _result_metrics
+
+    train_run = {"loss": 0.5, "best_loss": 0.3, "best_epoch": 4, "epochs_run": 6, "mlflow_seconds": 1.0}
+    assert _result_metrics(train_run) == {"loss": 0.3, "best_epoch": 4, "epochs_run": 6}

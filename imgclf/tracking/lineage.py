@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 PIPELINE = "pipeline"
 # A stage run's own cost, not a fact about the result: not copied onto the pipeline run.
 STAGE_OVERHEAD = "mlflow_seconds"
+# Train logs each epoch's metrics as steps, and the best epoch's again under this prefix.
+BEST_PREFIX = "best_"
 
 
 def find_stage_run(experiment_id: str, stage: str, tag: str, value: str):
@@ -58,6 +60,16 @@ def link_stage_run(pipeline_run_id: str, stage: str, source) -> str:
     return write_run(source.info.experiment_id, stage, tags, source.data.params, source.data.metrics)
 
 
+def _result_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """A stage run's metrics as they describe the result: the best epoch's figures (``best_loss``)
+    in place of the last epoch's (``loss``), since the best epoch's weights are the model that
+    went on."""
+    best = {k[len(BEST_PREFIX) :]: v for k, v in metrics.items() if k.startswith(BEST_PREFIX)}
+    best = {k: v for k, v in best.items() if k in metrics}
+    out = {k: v for k, v in metrics.items() if k != STAGE_OVERHEAD and k[len(BEST_PREFIX) :] not in best}
+    return {**out, **best}
+
+
 def record_pipeline(
     experiment_id: str,
     final_run_id: str,
@@ -70,7 +82,8 @@ def record_pipeline(
     ``final_run_id`` is the final stage's run, ``params`` every param that shaped the result,
     ``metrics`` the final stage's. ``made_by`` maps each earlier stage to the (tag, value) that
     its run carries for what it made. The metrics of those runs are copied onto the pipeline
-    run too, so its row shows how the data and the training went. It is named after the DVC
+    run too (the best epoch's, see :func:`_result_metrics`), so its row shows how the data and
+    the training went. It is named after the DVC
     experiment, or ``pipeline``.
     """
     import mlflow
@@ -90,7 +103,7 @@ def record_pipeline(
             sources[stage] = source
     copied: dict[str, float] = {}
     for source in sources.values():
-        copied.update({k: v for k, v in source.data.metrics.items() if k != STAGE_OVERHEAD})
+        copied.update(_result_metrics(source.data.metrics))
     tags = {**context_tags(PIPELINE), **{tag: value for tag, value in made_by.values()}}
     pipeline_id = write_run(
         experiment_id,

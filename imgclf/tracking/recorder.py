@@ -69,11 +69,11 @@ class Recorder:
             mlflow.log_params(params)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        """One epoch's metrics, at step ``epoch``."""
+        """One epoch's metrics, at step ``epoch`` (an ``epoch`` entry is the step, not logged)."""
         import mlflow
 
         with self._timed():
-            mlflow.log_metrics(_metrics(metrics), step=epoch)
+            mlflow.log_metrics(_metrics({k: v for k, v in metrics.items() if k != "epoch"}), step=epoch)
 
     def log_history(self, history: list[dict[str, float]]) -> None:
         """Log the epochs of a resumed run's ``history`` that its run is missing (an interruption
@@ -86,9 +86,9 @@ class Recorder:
             first = next(k for k in history[0] if k != "epoch")
             logged = mlflow.MlflowClient().get_metric_history(self.run_id, runs.metric_key(first))
             last = max((m.step for m in logged), default=0)
-            for row in history:
-                if row["epoch"] > last:
-                    mlflow.log_metrics(_metrics(row), step=row["epoch"])
+        for row in history:
+            if row["epoch"] > last:
+                self.log_epoch(row["epoch"], row)
 
     def record(self, result: StageResult) -> None:
         """Log the stage's result to its run."""
