@@ -41,6 +41,8 @@ def run_stage(name: str, body: Callable[[], None]) -> int:
     except KeyboardInterrupt:
         pass
     except Exception as err:
+        if debug and interrupt.requested():
+            logging.getLogger(name).exception("error after the interruption")
         if not interrupt.requested():  # after Ctrl-C, any error is the interruption's doing
             if debug:
                 raise

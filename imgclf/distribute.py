@@ -157,7 +157,7 @@ def fit_multi_worker(model, strategy, data, p: TrainParams, seed: int, session) 
         # The chief's early-stopping decision holds on every worker, and so does a signal that
         # came to any worker during validation (the epoch's checkpoint is written by now).
         stop, signalled = agree(tf_flags(session.stopped and is_chief(), interrupt.requested())).numpy()
-        session.stopped = stop > 0
+        session.stopped = bool(stop > 0)
         if signalled > 0:
             interrupt.request()
             session.stop_at_epoch_end()

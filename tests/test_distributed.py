@@ -128,6 +128,7 @@ def test_multi_worker_interrupted_on_one_worker_stops_both_and_resumes(project: 
         train={"strategy": "multi_worker", "batch_size": 8, "epochs": 8, "early_stopping": {"monitor": "loss"}}
     )
     (p.root / "models" / "model.h5").unlink()
+    p.env["IMGCLF_DEBUG"] = "1"
     state_file = p.root / ".imgclf" / "checkpoints"
     cmd = [sys.executable, "-m", "stages.train"]
     configs = _cluster(2)
