@@ -1,6 +1,6 @@
-"""Ctrl-C and SIGTERM: the stage stops, says so, and its MLflow run ends KILLED.
+"""Ctrl-C, SIGTERM and SIGHUP: the stage stops, says so, and its MLflow run ends KILLED.
 
-:func:`install` makes both signals remember that they came and raise :class:`KeyboardInterrupt`
+:func:`install` makes these signals remember that they came and raise :class:`KeyboardInterrupt`
 in the main thread. Python can lose that exception: raised inside a finalizer or a weakref
 callback it is printed as "Exception ignored in ..." and dropped, and code it passes through
 (TensorFlow, a worker pool) may turn it into another error. So the signal is also remembered:
@@ -21,6 +21,8 @@ import signal
 import threading
 from collections.abc import Iterator
 
+# Ctrl-C, `kill` (and schedulers, preempted VMs), and a closed terminal.
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _received = threading.Event()
 _deferring = False
 _installed = False
@@ -30,17 +32,18 @@ def _handle(signum, frame):  # noqa: ARG001
     first = not _received.is_set()
     _received.set()
     if _deferring and first:
-        os.write(2, b"\nstopping after this step, with a checkpoint (signal again to stop at once)\n")
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            os.write(2, b"\nstopping after this step, with a checkpoint (signal again to stop at once)\n")
         return
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def install() -> None:
-    """Handle SIGINT and SIGTERM as described above (main thread only)."""
+    """Handle :data:`SIGNALS` as described above (main thread only)."""
     global _installed
     clear()
-    signal.signal(signal.SIGINT, _handle)
-    signal.signal(signal.SIGTERM, _handle)
+    for signum in SIGNALS:
+        signal.signal(signum, _handle)
     _installed = True
 
 
@@ -51,8 +54,8 @@ def take_back() -> None:
     notifier we do not use), so Python would never see a SIGTERM again.
     """
     if _installed:
-        signal.signal(signal.SIGINT, _handle)
-        signal.signal(signal.SIGTERM, _handle)
+        for signum in SIGNALS:
+            signal.signal(signum, _handle)
 
 
 @contextlib.contextmanager
@@ -77,7 +80,7 @@ def request() -> None:
 
 
 def requested() -> bool:
-    """True once SIGINT or SIGTERM has arrived since :func:`install`."""
+    """True once one of :data:`SIGNALS` has arrived since :func:`install`."""
     return _received.is_set()
 
 

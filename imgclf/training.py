@@ -82,6 +82,7 @@ class Session:
         self.seconds, self.images = 0.0, 0
         self.stopped = False
         self.resumed_from = 0
+        self.rate = p.learning_rate
         self.progress = EpochProgress(p.epochs, self.steps, p.batch_size, images_per_epoch)
         self._clock = time.perf_counter()
         optimizer = model.optimizer
@@ -118,8 +119,8 @@ class Session:
 
     def begin_epoch(self, epoch: int) -> None:
         """Set the epoch's learning rate and start its progress display."""
-        rate = self.monitor.learning_rate(epoch, self.state)
-        self.model.optimizer.learning_rate.assign(rate)
+        self.rate = self.monitor.learning_rate(epoch, self.state)
+        self.model.optimizer.learning_rate.assign(self.rate)
         self.progress.start(epoch, self.step if epoch == self.epoch + 1 else 0)
 
     def end_step(self, epoch: int, step: int, totals: Callable[[], list[float]]) -> None:
@@ -137,7 +138,7 @@ class Session:
         """Record epoch ``epoch``; keep its weights if best; checkpoint; return whether to stop."""
         self.progress.close()
         row = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}}
-        row["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+        row["learning_rate"] = self.rate
         decision = self.monitor.update(self.state, epoch, row)
         if decision.improved:
             for best, current in zip(self.best_weights, self.model.weights, strict=True):

@@ -14,7 +14,7 @@ def own_signals():
     """Put this process's SIGINT/SIGTERM handlers (and the interrupt flag) back after the test."""
     import signal
 
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    before = {s: signal.getsignal(s) for s in interrupt.SIGNALS}
     yield
     interrupt.install()  # clears the flag
     for s, handler in before.items():
@@ -67,6 +67,24 @@ def test_a_lost_ctrl_c_still_ends_the_stage_as_interrupted(capsys, own_signals, 
 
     assert run_stage("train", body) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: train: interrupted; no output was written"
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_during_training_a_first_signal_waits_for_the_step_a_second_one_does_not(own_signals, signame, capfd):
+    import os
+    import signal
+
+    interrupt.install()
+    with interrupt.deferred():
+        os.kill(os.getpid(), getattr(signal, signame))
+        for _ in range(1000):  # the handler runs at the next bytecode boundaries: nothing is raised
+            pass
+        assert interrupt.requested()
+        assert "stopping after this step" in capfd.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), getattr(signal, signame))
+            for _ in range(1000):
+                pass
 
 
 def test_check_passes_without_a_signal(own_signals):
