@@ -309,7 +309,11 @@ def make_project(w: Path, args) -> Path:
         {"source": str(args.images), "image_size": args.size, "test_size": args.test_size, "val_size": 0.0}
     )
     params["augment"].update({"angles": SEED_ANGLES, "flip": True})
-    params["train"].update({"epochs": args.epochs, "batch_size": args.batch_size})
+    # The seed has no validation split and keeps the last epoch: with "loss" as the monitor
+    # the best epoch is almost always the last, and no validation work is timed.
+    params["train"].update(
+        {"epochs": args.epochs, "batch_size": args.batch_size, "early_stopping": {"monitor": "loss"}, "resume": False}
+    )
     params["mlflow"]["experiment"] = "benchmark"
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return project

@@ -45,7 +45,7 @@ class DataParams(_Section):
     labels: list[str] | None = None
     image_size: int = Field(32, ge=8, le=1024)
     test_size: float = Field(0.2, gt=0, lt=1)
-    val_size: float = Field(0.1, ge=0, lt=1)
+    val_size: float = Field(0.2, ge=0, lt=1)
     on_bad_image: Literal["skip", "fail"] = "skip"
 
     @field_validator("labels")
