@@ -96,39 +96,18 @@ def test_multi_worker_on_two_local_processes(single: dict):
     )
 
 
-def test_train_stage_with_two_workers_writes_and_logs_once(project: Project):
-    """The same `python -m stages.train` on both workers: the chief writes the model and logs the
-    run, the other worker only trains."""
-    p = project  # its augment stage has run
-    p.set_params(train={"strategy": "multi_worker", "batch_size": 8}, mlflow={"register": False})
-    (p.root / "models" / "model.h5").unlink()  # as `dvc repro` removes a stage's outputs first
-    old_runs = {r.info.run_id for r in p.runs("train")}
-    procs, _ = _run_workers([sys.executable, "-m", "stages.train"], p.root, p.env)
-    assert "the chief writes the model" in procs[1].stderr
-    assert (p.root / "models" / "model.h5").is_file()
-    (run,) = [r for r in p.runs("train") if r.info.run_id not in old_runs]
-    assert run.data.tags[tracking.TAG_MODEL_MD5] == md5_file(p.root / "models" / "model.h5")
-    assert run.info.status == "FINISHED"
-    assert run.data.params["train.strategy"] == "multi_worker"
-    assert run.data.params["model.replicas"] == "2"
-    assert run.data.metrics["accuracy"] > 0
-    report = p.json("reports/train.json")
-    assert report["accuracy"] == run.data.metrics["best_accuracy"]
-    # The pipeline goes on from the chief's model as from any other.
-    p.sh("dvc", "commit", "-f", "train")
-    p.sh("dvc", "repro", "evaluate")
-    assert p.json("reports/metrics.json")["test_accuracy"] > 0
-
-
-def test_multi_worker_interrupted_on_one_worker_stops_both_and_resumes(project: Project):
-    """SIGTERM to the chief alone: both workers checkpoint at the same step and stop; run again,
-    both resume from it and the chief's MLflow run carries on to the end."""
+def test_train_stage_on_two_workers_stops_on_one_signal_resumes_and_writes_once(project: Project):
+    """The same `python -m stages.train` on both workers. SIGTERM to the chief alone: both
+    checkpoint at the same step and stop. Run again: both resume from it, the chief's MLflow run
+    carries on to the end, the chief writes the model and the other worker only trains."""
     p = project
     p.set_params(
-        train={"strategy": "multi_worker", "batch_size": 8, "epochs": 8, "early_stopping": {"monitor": "loss"}}
+        train={"strategy": "multi_worker", "batch_size": 8, "epochs": 8, "early_stopping": {"monitor": "loss"}},
+        mlflow={"register": False},
     )
-    (p.root / "models" / "model.h5").unlink()
-    p.env["IMGCLF_DEBUG"] = "1"
+    (p.root / "models" / "model.h5").unlink()  # as `dvc repro` removes a stage's outputs first
+    old_runs = {r.info.run_id for r in p.runs("train")}
+    p.env["IMGCLF_DEBUG"] = "1"  # an error that follows the signal shows its traceback
     state_file = p.root / ".imgclf" / "checkpoints"
     cmd = [sys.executable, "-m", "stages.train"]
     configs = _cluster(2)
@@ -157,10 +136,17 @@ def test_multi_worker_interrupted_on_one_worker_stops_both_and_resumes(project: 
     again, _ = _run_workers(cmd, p.root, p.env, cluster=_cluster(2))
     for proc in again:
         assert f"resuming from epoch {epoch}" in proc.stderr
-    (run,) = p.runs("train")[:1]
+    assert "the chief writes the model" in again[1].stderr
+    (run,) = [r for r in p.runs("train") if r.info.run_id not in old_runs]  # one run, continued
     assert run.info.status == "FINISHED" and run.data.metrics["resumed_from_epoch"] == epoch
     from mlflow import MlflowClient
 
     steps = [m.step for m in MlflowClient(p.tracking_uri).get_metric_history(run.info.run_id, "loss")]
     assert sorted(steps) == list(range(1, 9))
-    assert (p.root / "models" / "model.h5").is_file()
+    assert run.data.tags[tracking.TAG_MODEL_MD5] == md5_file(p.root / "models" / "model.h5")
+    assert run.data.params["train.strategy"] == "multi_worker" and run.data.params["model.replicas"] == "2"
+    assert p.json("reports/train.json")["loss"] == run.data.metrics["best_loss"]
+    # The pipeline goes on from the chief's model as from any other.
+    p.sh("dvc", "commit", "-f", "train")
+    p.sh("dvc", "repro", "evaluate")
+    assert p.json("reports/metrics.json")["test_accuracy"] > 0

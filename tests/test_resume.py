@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -75,11 +76,25 @@ def _weights(path) -> list[np.ndarray]:
     return load_model(path).get_weights()
 
 
-def test_sigkill_mid_training_resumes_in_the_same_run_with_the_uninterrupted_weights(project: Project):
+def test_sigkill_mid_training_resumes_in_the_same_run_with_the_uninterrupted_weights(project: Project, tmp_path):
     p = project
     p.set_params(train=LONG)
     killed = _kill_train_after(p, epoch=3)
     (killed_run,) = [r for r in p.runs("train") if r.info.status == "RUNNING"]
+    (state,) = _state_files(p)
+
+    # A param changed before the rerun: a fresh start that says why, and the stale checkpoint goes.
+    # (Its folder is put aside first and back after, to resume it below as if never touched.)
+    aside = tmp_path / "aside"
+    shutil.copytree(state.parent, aside)
+    p.set_params(train={"epochs": 2, "learning_rate": 0.002})
+    out = p.sh("dvc", "repro", "train")
+    log = out.stdout + out.stderr
+    assert "starting fresh" in log and "train.learning_rate 0.001 -> 0.002" in log and "train.epochs 20 -> 2" in log
+    assert "resuming" not in log and not state.exists()
+    assert p.json("reports/train.json")["resumed_from_epoch"] == 0
+    shutil.copytree(aside, state.parent)
+    p.set_params(train={**LONG, "learning_rate": 0.001})
 
     p.env["IMGCLF_PROGRESS_SECONDS"] = "0"  # a plain progress line at every step
     out = p.sh("dvc", "repro", "train")
@@ -89,7 +104,7 @@ def test_sigkill_mid_training_resumes_in_the_same_run_with_the_uninterrupted_wei
     assert re.search(r"epoch \d+/20: step \d+/\d+ \(\d+%\), \d+ img/s, ETA \d\d:\d\d:\d\d", log), log[-3000:]
     assert not _state_files(p)  # removed once training completed
 
-    run = [r for r in p.runs("train") if r.info.run_id == killed_run.info.run_id][0]
+    (run,) = [r for r in p.runs("train") if r.info.run_id == killed_run.info.run_id]
     assert run.info.status == "FINISHED"
     from mlflow import MlflowClient
 
@@ -102,16 +117,3 @@ def test_sigkill_mid_training_resumes_in_the_same_run_with_the_uninterrupted_wei
     # The same training uninterrupted (deterministic; here, in this process) has the same weights.
     for a, b in zip(_weights(p.root / "models" / "model.h5"), _uninterrupted(p), strict=True):
         assert np.array_equal(a, b)
-
-
-def test_a_param_changed_after_a_kill_starts_fresh_and_says_why(project: Project):
-    p = project
-    p.set_params(train=LONG)
-    _kill_train_after(p, epoch=1)
-    (stale,) = _state_files(p)
-    p.set_params(train={"epochs": 2, "learning_rate": 0.002})
-    out = p.sh("dvc", "repro", "train")
-    log = out.stdout + out.stderr
-    assert "starting fresh" in log and "train.learning_rate 0.001 -> 0.002" in log and "train.epochs 20 -> 2" in log
-    assert "resuming" not in log and not stale.exists()
-    assert p.json("reports/train.json")["resumed_from_epoch"] == 0
