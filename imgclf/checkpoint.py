@@ -156,7 +156,7 @@ def open_checkpoints(p: Params, data_fingerprint: str, writer: bool = True) -> C
         log.info(
             "resuming from epoch %d%s (checkpoint in %s)",
             state["epoch"],
-            f", step {state['step']} of epoch {state['epoch'] + 1}" if state.get("step") else "",
+            f", {state['step']} steps into epoch {state['epoch'] + 1}" if state.get("step") else "",
             folder,
         )
     elif writer:
