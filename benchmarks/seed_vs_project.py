@@ -180,16 +180,17 @@ def phase_stream(_w: Path, args) -> dict:
     from imgclf.params import TrainParams
     from imgclf.prepared import load_prepared
     from imgclf.runtime import seed_everything, set_precision
-    from imgclf.streaming import make_dataset
+    from imgclf.streaming import training_batches
 
     data = load_prepared(Path(args.prepared))
     p = TrainParams(batch_size=args.batch_size)
     seed_everything(args.seed, True)
     set_precision(p.mixed_precision)
     model = build_model(data.x["train"].shape[1], len(data.labels), p)
-    ds = make_dataset(data.x["train"], data.y["train"], p.batch_size, shuffle=True, seed=args.seed)
+    epochs = -(-args.steps * p.batch_size // len(data.y["train"])) + 1  # enough batches for the steps
+    ds = training_batches(data.x["train"], data.y["train"], p.batch_size, args.seed, 1, epochs)
     start = time.perf_counter()
-    model.fit(ds.repeat(), epochs=1, steps_per_epoch=args.steps, verbose=0)
+    model.fit(ds, epochs=1, steps_per_epoch=args.steps, verbose=0)
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,

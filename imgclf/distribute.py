@@ -144,7 +144,7 @@ def fit_multi_worker(model, strategy, data, p: TrainParams, seed: int, session) 
         session.begin_epoch(epoch)
         totals = np.array(session.partial if session.step else [0.0, 0.0, 0.0])
         for step in range(session.step + 1, steps + 1):
-            out = train_step(batches, tf_flag(interrupt.requested())).numpy()
+            out = train_step(batches, _flags(interrupt.requested())).numpy()
             totals += out[:3]
             if out[3] > 0:
                 interrupt.request()  # another worker got the signal: stop here with it
@@ -156,20 +156,15 @@ def fit_multi_worker(model, strategy, data, p: TrainParams, seed: int, session) 
         session.end_epoch(epoch, logs, check_signal=False)
         # The chief's early-stopping decision holds on every worker, and so does a signal that
         # came to any worker during validation (the epoch's checkpoint is written by now).
-        stop, signalled = agree(tf_flags(session.stopped and is_chief(), interrupt.requested())).numpy()
+        stop, signalled = agree(_flags(session.stopped and is_chief(), interrupt.requested())).numpy()
         session.stopped = bool(stop > 0)
         if signalled > 0:
             interrupt.request()
             session.stop_at_epoch_end()
 
 
-def tf_flag(value: bool):
-    import tensorflow as tf
-
-    return tf.constant(1.0 if value else 0.0, dtype=tf.float32)
-
-
-def tf_flags(*values: bool):
+def _flags(*values: bool):
+    """Booleans as a float32 vector of 0s and 1s, to be summed over the replicas."""
     import tensorflow as tf
 
     return tf.constant([1.0 if v else 0.0 for v in values], dtype=tf.float32)
@@ -211,8 +206,9 @@ def _step_functions(model, strategy, global_batch: int):
     """``train_step(iterator, flag)``, ``val_step(images, labels)`` and ``agree(flag)``.
 
     The first two return the summed [loss, correct, examples] of their batch over all replicas
-    (see :func:`_sums`); ``train_step`` adds the sum of every replica's ``flag``, and ``agree``
-    returns only that sum: how many replicas raised it.
+    (see :func:`_sums`); ``train_step`` appends the sum of every replica's ``flag`` (a vector
+    of one, see :func:`_flags`), and ``agree`` returns only such sums: how many replicas raised
+    each flag.
     """
     import keras
     import tensorflow as tf
@@ -231,7 +227,7 @@ def _step_functions(model, strategy, global_batch: int):
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
         optimizer.apply_gradients(zip(grads, variables))
-        return tf.concat([_sums(labels, probs, per_example), [flag]], axis=0)
+        return tf.concat([_sums(labels, probs, per_example), flag], axis=0)
 
     @tf.function
     def train_step(iterator, flag):

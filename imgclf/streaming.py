@@ -42,25 +42,22 @@ def _streamable(x: np.ndarray) -> bool:
     return isinstance(x, np.memmap) and bool(x.filename) and x.flags.c_contiguous and len(x) > 0
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int):
-    """A tf.data pipeline of (uint8 images, int32 labels) batches, reshuffled every pass (seeded).
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int):
+    """A tf.data pipeline of (uint8 images, int32 labels) batches in row order.
 
     A memory-mapped array is streamed from disk batch by batch, so datasets larger than RAM
-    work; an in-memory array is indexed directly.
+    work; an in-memory array is indexed directly. Training reads :func:`training_batches`.
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.range(len(y))
-    if shuffle:
-        ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
-    return _load_batches(ds.batch(batch_size), x, y)
+    return _load_batches(tf.data.Dataset.range(len(y)).batch(batch_size), x, y)
 
 
 def validation_batches(data, batch_size: int):
     """The validation split's batches in file order, or ``None`` when it is empty."""
     if not len(data.y["val"]):
         return None
-    return make_dataset(data.x["val"], data.y["val"], batch_size, shuffle=False, seed=0)
+    return make_dataset(data.x["val"], data.y["val"], batch_size)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -21,14 +21,14 @@ def test_streamed_memmap_gives_the_same_batches_as_memory(tmp_path: Path):
     rows = NpyRows(mm)
     assert np.array_equal(rows.read(np.array([5, 0, 41])), x[[5, 0, 41]])
     rows.close()
-    streamed = list(make_dataset(mm, y, 16, shuffle=False, seed=0).as_numpy_iterator())
-    memory = list(make_dataset(x, y, 16, shuffle=False, seed=0).as_numpy_iterator())
+    streamed = list(make_dataset(mm, y, 16).as_numpy_iterator())
+    memory = list(make_dataset(x, y, 16).as_numpy_iterator())
     assert [len(b[0]) for b in streamed] == [16, 16, 10]
     for (xs, ys), (xm, ym) in zip(streamed, memory):
         assert np.array_equal(xs, xm) and np.array_equal(ys, ym)
     # Shuffled: every image exactly once per epoch, labels still matching, same order per seed.
-    a = list(make_dataset(mm, y, 16, shuffle=True, seed=3).as_numpy_iterator())
-    b = list(make_dataset(mm, y, 16, shuffle=True, seed=3).as_numpy_iterator())
+    a = list(training_batches(mm, y, 16, seed=3, first_epoch=1, last_epoch=1).as_numpy_iterator())
+    b = list(training_batches(mm, y, 16, seed=3, first_epoch=1, last_epoch=1).as_numpy_iterator())
     assert all(np.array_equal(p[0], q[0]) for p, q in zip(a, b))
     seen = np.concatenate([batch[0] for batch in a])
     assert sorted(map(bytes, seen)) == sorted(map(bytes, x))
