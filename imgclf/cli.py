@@ -30,17 +30,12 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-def run_stage(name: str, body: Callable[[], None], tensorflow: bool = False) -> int:
-    """Run one stage's body and turn its outcome into an exit code; ``tensorflow``: the stage
-    uses it, so start it first without its start-up chatter."""
+def run_stage(name: str, body: Callable[[], None]) -> int:
+    """Run one stage's body and turn its outcome into an exit code."""
     setup_logging()
     interrupt.install()
     debug = os.environ.get("IMGCLF_DEBUG", "") not in ("", "0")
     try:
-        if tensorflow:
-            from imgclf.runtime import start_tensorflow_quietly
-
-            start_tensorflow_quietly()
         body()
         return 0
     except KeyboardInterrupt:
@@ -86,7 +81,7 @@ def describe_os_error(err: OSError) -> str:
     return f"cannot write {where}{hint}" if err.errno in _OS_HINTS else f"{where}{hint}"
 
 
-def main(name: str, body: Callable[[], None], tensorflow: bool = False) -> None:
+def main(name: str, body: Callable[[], None]) -> None:
     """Run a stage as a program, then leave without Python's slow teardown.
 
     Python frees every object of every imported module one by one at exit, which takes a
@@ -94,7 +89,7 @@ def main(name: str, body: Callable[[], None], tensorflow: bool = False) -> None:
     at once. Everything that matters still happens first: other threads are joined, the exit
     handlers run (so MLflow closes its runs and queues) and the standard streams are flushed.
     """
-    code = run_stage(name, body, tensorflow)
+    code = run_stage(name, body)
     exit_fast(code)
 
 

@@ -80,4 +80,4 @@ def save(trained: Trained, data: Prepared) -> StageResult:
 
 
 if __name__ == "__main__":
-    main("train", run, tensorflow=True)
+    main("train", run)
