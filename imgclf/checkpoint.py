@@ -100,10 +100,6 @@ class Checkpoints:
         self.run_id: str | None = state.get("run_id") if state else None
         self._lock = lock
 
-    @property
-    def resumed_epoch(self) -> int:
-        return int(self.state["epoch"]) if self.state else 0
-
     def commit(self, state: dict[str, Any]) -> None:
         """Make ``state`` (naming a complete TensorFlow checkpoint in the folder) the one to resume."""
         if not self.writer:

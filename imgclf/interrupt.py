@@ -4,7 +4,7 @@
 in the main thread. Python can lose that exception: raised inside a finalizer or a weakref
 callback it is printed as "Exception ignored in ..." and dropped, and code it passes through
 (TensorFlow, a worker pool) may turn it into another error. So the signal is also remembered:
-:func:`check` raises it again at a safe point (training calls it at each epoch's end), and
+:func:`check` raises it again at a safe point (training instead checkpoints first, see below), and
 :func:`requested` lets the stage wrapper and the run's closing treat an error that follows a
 signal as the interruption it is.
 

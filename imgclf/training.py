@@ -98,13 +98,13 @@ class Session:
 
     # -- resuming ------------------------------------------------------------------------------
 
-    def restore(self) -> int:
-        """Load the checkpoint's state, if any; return the epoch resumed from (0: a fresh start)."""
+    def restore(self) -> None:
+        """Load the checkpoint's state, if any (none: a fresh start)."""
         from imgclf.monitor import MonitorState
 
         state = self.store.state if self.store else None
         if not state:
-            return 0
+            return
         self.checkpoint.restore(str(self.store.folder / state["checkpoint"])).assert_existing_objects_matched()
         self.history = [dict(row) for row in state["history"]]
         self.state = MonitorState.from_dict(state["monitor"])
@@ -113,7 +113,6 @@ class Session:
         self.seconds, self.images = float(state["seconds"]), int(state["images"])
         self.stopped = bool(state["stopped"])
         self.resumed_from = self.epoch
-        return self.epoch
 
     # -- the loop's hooks ----------------------------------------------------------------------
 
@@ -121,13 +120,13 @@ class Session:
         """Set the epoch's learning rate and start its progress display."""
         self.rate = self.monitor.learning_rate(epoch, self.state)
         self.model.optimizer.learning_rate.assign(self.rate)
-        self.progress.start(epoch, self.step if epoch == self.epoch + 1 else 0)
+        self.progress.start(epoch, self.step)
 
     def end_step(self, epoch: int, step: int, totals: Callable[[], list[float]]) -> None:
         """After step ``step`` (from 1) of ``epoch``: on a pending signal, checkpoint here and stop."""
         self.progress.advance()
         if interrupt.requested():
-            self._count_time(images=self._images_between(self.step if epoch == self.epoch + 1 else 0, step))
+            self._count_time(images=self._images_between(self.step, step))
             self.step, self.partial = step, totals()
             self._save()
             self.progress.close()
@@ -143,7 +142,7 @@ class Session:
         if decision.improved:
             for best, current in zip(self.best_weights, self.model.weights, strict=True):
                 best.assign(current)
-        self._count_time(images=self._images_between(self.step if epoch == self.epoch + 1 else 0, self.steps))
+        self._count_time(images=self._images_between(self.step, self.steps))
         self.history.append(row)
         self.epoch, self.step, self.partial = epoch, 0, None
         self.stopped = decision.stop
