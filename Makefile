@@ -13,6 +13,8 @@ setup: $(STAMP)
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	# GPU figures in MLflow's system metrics, where there is an NVIDIA GPU to measure.
+	if command -v nvidia-smi >/dev/null 2>&1; then $(VENV)/bin/pip install --quiet nvidia-ml-py==13.615.71; fi
 	touch $(STAMP)
 
 run: $(STAMP)

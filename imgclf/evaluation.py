@@ -47,8 +47,18 @@ def score(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str,
 
 
 def per_class_metrics(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
-    """``{"cats": {"recall": .9}}`` -> ``{"test_recall_cats": .9}`` for side-by-side comparison."""
-    return {f"test_{m}_{label}": float(v) for label, row in per_class.items() for m, v in row.items() if m != "support"}
+    """``{"cats": {"recall": .9}}`` -> ``{"test_recall/cats": .9}``: in MLflow's chart view, one
+    section per measure with a chart per class."""
+    return {f"test_{m}/{label}": float(v) for label, row in per_class.items() for m, v in row.items() if m != "support"}
+
+
+def per_class_csv(per_class: dict[str, dict[str, float]]) -> str:
+    """One row per class (class, precision, recall, f1, support): what ``dvc plots`` draws."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["class", "precision", "recall", "f1", "support"])
+    writer.writerows([c, r["precision"], r["recall"], r["f1"], r["support"]] for c, r in per_class.items())
+    return buf.getvalue()
 
 
 def confusion_rows_csv(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> str:

@@ -116,8 +116,17 @@ class TrainParams(_Section):
         return v
 
 
+class PromoteParams(_Section):
+    """When a registered model becomes the ``champion`` (see :mod:`imgclf.tracking.models`)."""
+
+    # Figures where higher is better; test_loss is not offered.
+    metric: Literal["test_accuracy", "test_macro_f1", "test_macro_precision", "test_macro_recall"] = "test_accuracy"
+    min: float = Field(0.0, ge=0.0, le=1.0)
+
+
 class EvaluateParams(_Section):
     batch_size: int = Field(256, ge=1)
+    promote: PromoteParams = Field(default_factory=PromoteParams)
 
 
 class MlflowParams(_Section):

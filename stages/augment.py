@@ -15,6 +15,7 @@ from imgclf import dataset, paths, tracking
 from imgclf.augmentation import write_prepared
 from imgclf.cli import main
 from imgclf.fileio import write_json, write_text
+from imgclf.inputs import source_input
 from imgclf.params import Params, load
 from imgclf.pool import default_workers, worker_pool
 from imgclf.prepared import LABELS_FILE, fingerprint
@@ -24,7 +25,7 @@ from imgclf.result import StageResult
 def run() -> None:
     p = load(paths.PARAMS)
     src = dataset.scan(paths.resolve(p.data.source), p.data.labels)
-    with tracking.recorder("augment", p) as rec:
+    with tracking.recorder("augment", p, inputs=[source_input(src.root, src.labels, src.y, len(src.ignored))]) as rec:
         rec.record(augment(p, src))
 
 
@@ -65,11 +66,14 @@ def augment(p: Params, src: dataset.Source) -> StageResult:
     }
     write_text(paths.SKIPPED_REPORT, dataset.skipped_csv(skipped))
     write_json(paths.AUGMENT_REPORT, report)
-    metrics = {k: v for k, v in report.items() if not isinstance(v, dict)}
-    metrics.update({f"images_{label}": n for label, n in per_class.items()})
-    metrics["augment_seconds"] = round(time.perf_counter() - started, 3)
+    seconds = time.perf_counter() - started
     return StageResult(
-        metrics=metrics,
+        # Counts describe the data (params, and per class the dataset's profile); speed is compared.
+        metrics={
+            "timing/augment_seconds": round(seconds, 3),
+            "timing/augment_images_per_second": round((len(y) + len(skipped)) / max(seconds, 1e-9), 1),
+        },
+        facts={f"dataset.{k}": v for k, v in report.items() if not isinstance(v, dict)},
         fingerprints={"data": fingerprint(paths.PREPARED_DIR)},
         artifacts=[
             (paths.SKIPPED_REPORT, None),

@@ -11,6 +11,7 @@ from imgclf.cli import main
 from imgclf.evaluation import (
     confusion_rows_csv,
     html_report,
+    per_class_csv,
     per_class_metrics,
     plot_confusion,
     plot_history,
@@ -19,6 +20,7 @@ from imgclf.evaluation import (
 )
 from imgclf.fileio import atomic_path, md5_file, write_json, write_text
 from imgclf.history import read_history_csv
+from imgclf.inputs import split_inputs
 from imgclf.model import load_model
 from imgclf.params import Params, load
 from imgclf.prepared import Prepared, fingerprint, load_prepared
@@ -40,7 +42,8 @@ def run() -> None:
     p = load(paths.PARAMS)
     data = load_prepared(paths.PREPARED_DIR)
     model = load_model(paths.MODEL)
-    with tracking.recorder("evaluate", p) as rec:
+    inputs = split_inputs(paths.PREPARED_DIR, data, ("test",), paths.resolve(p.data.source).name)
+    with tracking.recorder("evaluate", p, inputs=inputs) as rec:
         rec.record(evaluate(p, data, model))
 
 
@@ -49,8 +52,9 @@ def evaluate(p: Params, data: Prepared, model) -> StageResult:
     probs = model.predict(data.x["test"], batch_size=p.evaluate.batch_size, verbose=0)
     scored = score(data.y["test"], probs, data.labels)
     metrics = scored["metrics"]
+    images = metrics.pop("test_images")  # a count: the test dataset's profile has it
     write_json(paths.METRICS, metrics)
-    write_json(paths.PER_CLASS, scored["per_class"])
+    write_text(paths.PER_CLASS, per_class_csv(scored["per_class"]))
     write_text(paths.CONFUSION_CSV, confusion_rows_csv(data.y["test"], scored["y_pred"], data.labels))
     with atomic_path(paths.CONFUSION_PNG) as tmp:
         plot_confusion(scored["confusion"], data.labels, tmp)
@@ -68,8 +72,7 @@ def evaluate(p: Params, data: Prepared, model) -> StageResult:
         metrics={**metrics, **per_class_metrics(scored["per_class"])},
         fingerprints={"data": fingerprint(paths.PREPARED_DIR), "model": md5_file(paths.MODEL)},
         artifacts=[(path, "reports") for path in REPORT_FILES],
-        summary=f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f} "
-        f"on {metrics['test_images']} images",
+        summary=f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f} on {images} images",
     )
 
 

@@ -16,6 +16,7 @@ from imgclf.cli import main
 from imgclf.distribute import is_chief
 from imgclf.fileio import atomic_path, md5_file, write_json, write_text
 from imgclf.history import history_csv
+from imgclf.inputs import split_inputs
 from imgclf.params import load
 from imgclf.prepared import LABELS_FILE, Prepared, fingerprint, load_prepared
 from imgclf.result import StageResult
@@ -35,7 +36,8 @@ def run() -> None:
             trained = train(p, data, store)
             log.info("worker done after %d epochs; the chief writes the model and logs the run", len(trained.history))
             return
-        with tracking.recorder("train", p, continue_run=store and store.run_id) as rec:
+        inputs = split_inputs(paths.PREPARED_DIR, data, ("train", "val"), paths.resolve(p.data.source).name)
+        with tracking.recorder("train", p, continue_run=store and store.run_id, inputs=inputs) as rec:
             if store is not None:
                 store.run_id = rec.run_id
                 if store.state:
@@ -55,20 +57,17 @@ def save(trained: Trained, data: Prepared) -> StageResult:
         trained.model.save(tmp)
     write_text(paths.HISTORY, history_csv(trained.history))
     best = {k: v for k, v in trained.best.items() if k != "epoch"}
-    counts = {
-        "best_epoch": trained.best_epoch,
-        "epochs_run": len(trained.history),
-        "resumed_from_epoch": trained.resumed_from_epoch,
-    }
+    counts = {"best_epoch": trained.best_epoch, "epochs_run": len(trained.history)}
     write_json(paths.TRAIN_REPORT, {**best, **counts})
     return StageResult(
-        # The per-epoch metrics are logged already, one step an epoch; the best epoch's again as best_*.
+        # The per-epoch metrics are logged already, one step an epoch; the best epoch's again as best/*.
         metrics={
-            **{f"best_{k}": v for k, v in best.items()},
+            **{f"best/{k}": v for k, v in best.items()},
             **counts,
-            "train_seconds": round(trained.seconds, 3),
-            "train_images_per_second": round(trained.images / max(trained.seconds, 1e-9), 1),
+            "timing/train_seconds": round(trained.seconds, 3),
+            "timing/train_images_per_second": round(trained.images / max(trained.seconds, 1e-9), 1),
         },
+        facts={"training.resumed_from_epoch": trained.resumed_from_epoch},
         fingerprints={"data": fingerprint(paths.PREPARED_DIR), "model": md5_file(paths.MODEL)},
         artifacts=[(paths.MODEL, "model"), (paths.PREPARED_DIR / LABELS_FILE, "model"), (paths.HISTORY, None)],
         model=trained.model,

@@ -14,15 +14,16 @@ import logging
 import os
 from typing import Any
 
+from imgclf.tracking import datasets
 from imgclf.tracking.runs import TAG_LINKED_FROM, TAG_PARENT, TAG_STAGE, context_tags, write_run
 
 log = logging.getLogger(__name__)
 
 PIPELINE = "pipeline"
 # A stage run's own cost, not a fact about the result: not copied onto the pipeline run.
-STAGE_OVERHEAD = "mlflow_seconds"
+STAGE_OVERHEAD = "timing/mlflow_seconds"
 # Train logs each epoch's metrics as steps, and the best epoch's again under this prefix.
-BEST_PREFIX = "best_"
+BEST_PREFIX = "best/"
 
 
 def find_stage_run(experiment_id: str, stage: str, tag: str, value: str):
@@ -61,7 +62,7 @@ def link_stage_run(pipeline_run_id: str, stage: str, source) -> str:
 
 
 def _result_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """A stage run's metrics as they describe the result: the best epoch's figures (``best_loss``)
+    """A stage run's metrics as they describe the result: the best epoch's figures (``best/loss``)
     in place of the last epoch's (``loss``), since the best epoch's weights are the model that
     went on."""
     best = {k[len(BEST_PREFIX) :]: v for k, v in metrics.items() if k.startswith(BEST_PREFIX)}
@@ -81,10 +82,10 @@ def record_pipeline(
 
     ``final_run_id`` is the final stage's run, ``params`` every param that shaped the result,
     ``metrics`` the final stage's. ``made_by`` maps each earlier stage to the (tag, value) that
-    its run carries for what it made. The metrics of those runs are copied onto the pipeline
-    run too (the best epoch's, see :func:`_result_metrics`), so its row shows how the data and
-    the training went. It is named after the DVC
-    experiment, or ``pipeline``.
+    its run carries for what it made. The params (with the facts the stages logged as params),
+    metrics (the best epoch's, see :func:`_result_metrics`) and dataset inputs of all those runs
+    are copied onto the pipeline run, so its row shows the data, the training and the result.
+    It is named after the DVC experiment, or ``pipeline``.
     """
     import mlflow
 
@@ -101,17 +102,21 @@ def record_pipeline(
             )
         else:
             sources[stage] = source
+    final = client.get_run(final_run_id)
     copied: dict[str, float] = {}
-    for source in sources.values():
+    facts: dict[str, Any] = {}
+    for source in [*sources.values(), final]:
         copied.update(_result_metrics(source.data.metrics))
+        facts.update(source.data.params)
     tags = {**context_tags(PIPELINE), **{tag: value for tag, value in made_by.values()}}
     pipeline_id = write_run(
         experiment_id,
         os.environ.get("DVC_EXP_NAME") or PIPELINE,
         tags,
-        params,
+        {**facts, **params},
         {**copied, **metrics},
     )
+    datasets.copy(pipeline_id, [*sources.values(), final])
     client.set_tag(final_run_id, TAG_PARENT, pipeline_id)
     for stage, source in sources.items():
         client.set_tag(pipeline_id, f"imgclf.{stage}_run_id", link_stage_run(pipeline_id, stage, source))

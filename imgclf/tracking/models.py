@@ -32,3 +32,72 @@ def log_keras_model(model, labels: list[str], registered_name: str | None = None
         registered_model_name=registered_name,
     )
     return info.model_uri
+
+
+CHAMPION = "champion"
+# A registered version carries its evaluation's figures as tags under this prefix.
+FIGURE_TAG = "imgclf."
+
+
+def _champion_figure(client, champion, metric: str, experiment_id: str) -> float | None:
+    """The champion's ``metric``: from its version's tags, else from the latest evaluate run of
+    its model (a version evaluated before this rule existed)."""
+    from imgclf.tracking import lineage
+    from imgclf.tracking.runs import TAG_MODEL_MD5
+
+    if FIGURE_TAG + metric in champion.tags:
+        return float(champion.tags[FIGURE_TAG + metric])
+    try:
+        md5 = client.get_run(champion.run_id).data.tags.get(TAG_MODEL_MD5)
+    except Exception:
+        return None
+    run = lineage.find_stage_run(experiment_id, "evaluate", TAG_MODEL_MD5, md5) if md5 else None
+    return run.data.metrics.get(metric) if run else None
+
+
+def promote(
+    name: str, metric: str, minimum: float, figures: dict[str, float], train_run_id: str | None, experiment_id: str
+) -> tuple[bool, str]:
+    """Move the alias ``champion`` of registered model ``name`` to the version that train run
+    ``train_run_id`` registered, if its ``metric`` (in ``figures``, this evaluation's) reaches
+    ``minimum`` and beats the current champion's; a tie keeps the champion.
+
+    The version gets every figure as a tag (``imgclf.test_accuracy``), so the next comparison
+    reads the champion's from the registry. Returns (promoted, why) for the run's record.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    if train_run_id is None:
+        return False, "no train run in this tracking store made this model"
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{train_run_id}'")
+    if not versions:
+        return False, f"the model is not registered as {name} (it was trained with mlflow.register: false)"
+    version = max(versions, key=lambda v: int(v.version)).version
+    for key, value in figures.items():
+        client.set_model_version_tag(name, version, FIGURE_TAG + key, str(value))
+    value = figures[metric]
+    if value < minimum:
+        return False, f"version {version}: {metric} {value:.4f} is below evaluate.promote.min {minimum}"
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champion = None
+    if champion is not None and champion.version == version:
+        return False, f"version {version} is the champion already"
+    if champion is not None:
+        best = _champion_figure(client, champion, metric, experiment_id)
+        if best is None:
+            return False, (
+                f"champion version {champion.version} has no recorded {metric}: move the alias by hand "
+                f"(MlflowClient().set_registered_model_alias) if version {version} should replace it"
+            )
+        if value <= best:
+            return False, (
+                f"version {version}: {metric} {value:.4f} does not beat champion version "
+                f"{champion.version}'s {best:.4f}"
+            )
+    client.set_registered_model_alias(name, CHAMPION, version)
+    before = f" (was version {champion.version})" if champion is not None else ""
+    return True, f"version {version} is the champion{before}: {metric} {value:.4f}"

@@ -32,9 +32,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from imgclf.params import Params
-from imgclf.result import StageResult
-from imgclf.tracking import lineage, runs, store
-from imgclf.tracking.models import log_keras_model
+from imgclf.result import DataInput, StageResult
+from imgclf.tracking import datasets, lineage, runs, store
+from imgclf.tracking.models import log_keras_model, promote
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ FINAL_STAGE = "evaluate"
 # The fingerprint each stage makes, and the tag its runs carry it under.
 MAKES = {"augment": "data", "train": "model"}
 FINGERPRINT_TAGS = {"data": runs.TAG_DATA_MD5, "model": runs.TAG_MODEL_MD5}
+# Whether evaluate moved the champion alias to its model ("true"/"false"), and why.
+TAG_PROMOTED = "imgclf.promoted"
+TAG_PROMOTION = "imgclf.promotion"
 
 
 class Recorder:
@@ -97,6 +100,8 @@ class Recorder:
         with self._timed():
             tags = {FINGERPRINT_TAGS[kind]: value for kind, value in result.fingerprints.items()}
             mlflow.set_tags(tags)
+            if result.facts:
+                mlflow.log_params(result.facts)
             if result.metrics:
                 mlflow.log_metrics(_metrics(result.metrics))
             for path, folder in result.artifacts:
@@ -108,18 +113,24 @@ class Recorder:
 
 
 @contextlib.contextmanager
-def recorder(stage: str, p: Params, continue_run: str | None = None) -> Iterator[Recorder]:
-    """Open ``stage``'s run for the block (or carry on the interrupted run ``continue_run``);
-    see the module docstring."""
+def recorder(
+    stage: str, p: Params, continue_run: str | None = None, inputs: list[DataInput] | None = None
+) -> Iterator[Recorder]:
+    """Open ``stage``'s run for the block (or carry on the interrupted run ``continue_run``),
+    with ``inputs``, the data it reads, as its dataset inputs; see the module docstring."""
     start = time.perf_counter()
     experiment_id = store.setup(p.mlflow.experiment)
     with runs.open_run(stage, experiment_id, p.shaping(stage), continue_run) as run:
         rec = Recorder(p, run.info.run_id)
+        datasets.log(run.info.run_id, inputs or [])
         rec.seconds = time.perf_counter() - start
         yield rec
         with rec._timed():
             import mlflow
 
+            if stage == FINAL_STAGE and rec.result is not None and p.mlflow.register_model:
+                promotion = _promote(p, rec.result, experiment_id)
+                mlflow.set_tags(promotion)
             mlflow.log_metric(lineage.STAGE_OVERHEAD, round(rec.seconds, 3))
     result = rec.result
     if stage == FINAL_STAGE and result is not None:
@@ -131,9 +142,31 @@ def recorder(stage: str, p: Params, continue_run: str | None = None) -> Iterator
         pipeline_id = lineage.record_pipeline(
             experiment_id, run.info.run_id, p.shaping("pipeline"), _metrics(result.metrics), made_by
         )
+        if p.mlflow.register_model:
+            import mlflow
+
+            mlflow.MlflowClient().set_tag(pipeline_id, TAG_PROMOTION, promotion[TAG_PROMOTION])
         log.info("pipeline run %s", pipeline_id)
     if result is not None and result.summary:
         log.info("%s [run %s]", result.summary, run.info.run_id)
+
+
+def _promote(p: Params, result: StageResult, experiment_id: str) -> dict[str, str]:
+    """Apply the champion rule (``evaluate.promote``) to the evaluated model; return the tags
+    that record the outcome on the run."""
+    made = lineage.find_stage_run(experiment_id, "train", runs.TAG_MODEL_MD5, result.fingerprints["model"])
+    figures = {k: v for k, v in result.metrics.items() if "/" not in k}
+    with store.exclusive():
+        promoted, why = promote(
+            p.mlflow.model_name,
+            p.evaluate.promote.metric,
+            p.evaluate.promote.min,
+            figures,
+            made.info.run_id if made else None,
+            experiment_id,
+        )
+    log.info("%s: %s", "promoted" if promoted else "not promoted", why)
+    return {TAG_PROMOTED: str(promoted).lower(), TAG_PROMOTION: why}
 
 
 def _metrics(metrics: dict[str, float]) -> dict[str, float]:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from imgclf import interrupt, paths
+from imgclf.tracking import system
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +75,16 @@ def _continue_run(run_id: str, experiment_id: str, stage: str):
     ):
         log.warning("the interrupted run %s is not in this store any more: starting a new run", run_id)
         return None
-    active = mlflow.start_run(run_id=run_id)
+    active = mlflow.start_run(run_id=run_id, log_system_metrics=False)
     mlflow.set_tags(context_tags(stage))
     return active
 
 
 @contextlib.contextmanager
 def open_run(stage: str, experiment_id: str, params: dict[str, Any], continue_run: str | None = None) -> Iterator[Any]:
-    """The active run of ``stage`` (named after it) with ``params``; on leaving, it ends
-    FINISHED, KILLED (Ctrl-C, SIGTERM: see :mod:`imgclf.interrupt`) or FAILED (any other exception).
+    """The active run of ``stage`` (named after it) with ``params``, its machine figures
+    sampled meanwhile (:mod:`~imgclf.tracking.system`); on leaving, it ends FINISHED, KILLED
+    (Ctrl-C, SIGTERM: see :mod:`imgclf.interrupt`) or FAILED (any other exception).
 
     ``continue_run`` is the id of an interrupted run of the same stage to carry on (a resumed
     training), if the store still has it.
@@ -93,7 +95,10 @@ def open_run(stage: str, experiment_id: str, params: dict[str, Any], continue_ru
     os.environ.pop("MLFLOW_RUN_ID", None)
     active = _continue_run(continue_run, experiment_id, stage) if continue_run else None
     if active is None:
-        active = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=context_tags(stage))
+        active = mlflow.start_run(
+            experiment_id=experiment_id, run_name=stage, tags=context_tags(stage), log_system_metrics=False
+        )
+    monitor = system.start(active.info.run_id)
     status = "FINISHED"
     try:
         if params:
@@ -106,6 +111,8 @@ def open_run(stage: str, experiment_id: str, params: dict[str, Any], continue_ru
         status = "KILLED" if interrupt.requested() else "FAILED"
         raise
     finally:
+        if monitor is not None:
+            monitor.finish()
         mlflow.end_run(status)
 
 

@@ -39,7 +39,8 @@ def _is_default_store(uri: str) -> bool:
 
 @contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
-    """Serialise creating the local store and experiment: parallel workers race on the schema."""
+    """Serialise creating the local store and experiment (parallel workers race on the schema),
+    and moving the champion alias (two experiments finishing at once). A no-op for a server."""
     if not _is_default_store(uri):
         yield
         return
@@ -49,6 +50,11 @@ def _store_lock(uri: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def exclusive() -> contextlib.AbstractContextManager[None]:
+    """Hold the local store's lock for a read-then-write (see :func:`_store_lock`)."""
+    return _store_lock(tracking_uri())
 
 
 def setup(experiment: str) -> str:

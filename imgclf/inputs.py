@@ -1,0 +1,113 @@
+"""What a stage reads, described as MLflow run inputs: names, DVC digests, the DVC remote.
+
+Plain data (:class:`~imgclf.result.DataInput`); :mod:`imgclf.tracking.datasets` turns it into
+MLflow datasets. The digest of a folder of images is DVC's own MD5 of it (the ``md5`` that
+``dvc.lock`` records for the augment stage's dependency), read from DVC's hash cache when DVC
+has just hashed it; the digest of a prepared split is the prepared fingerprint.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from imgclf import paths
+from imgclf.fileio import md5_tree
+from imgclf.prepared import Prepared, fingerprint
+from imgclf.result import DataInput
+
+log = logging.getLogger(__name__)
+
+
+def remote_url(root: Path = paths.ROOT) -> str | None:
+    """The URL of the project's default DVC remote (``dvc remote add -d``), or None."""
+    try:
+        from dvc.config import Config
+
+        config = Config(dvc_dir=str(root / ".dvc"))
+        name = config["core"].get("remote")
+        return config["remote"][name]["url"] if name else None
+    except Exception as err:  # a broken DVC config is DVC's to report, not ours
+        log.debug("no DVC remote: %s", err)
+        return None
+
+
+def folder_md5(folder: Path, root: Path = paths.ROOT) -> str:
+    """DVC's MD5 of ``folder`` (as in ``dvc.lock``, without ``.dir``).
+
+    Inside the project, DVC's state cache answers for files it hashed already (``dvc repro``
+    hashes a stage's dependencies before running it), so the images are not read again.
+    Falls back to an MD5 of every file if DVC cannot hash it.
+    """
+    try:
+        from dvc.repo import Repo
+        from dvc_data.hashfile.build import build
+
+        with Repo(str(root)) as repo:
+            _, _, tree = build(
+                repo.cache.local, str(folder), repo.fs, "md5", state=repo.state, ignore=repo.dvcignore, dry_run=True
+            )
+        return tree.hash_info.value.removesuffix(".dir")
+    except Exception as err:
+        log.debug("DVC could not hash %s (%s); hashing its files", folder, err)
+        return md5_tree(folder)
+
+
+def _location(folder: Path) -> str:
+    return remote_url() or str(folder.resolve())
+
+
+def _relative(folder: Path) -> str:
+    try:
+        return str(folder.resolve().relative_to(paths.ROOT))
+    except ValueError:
+        return str(folder.resolve())
+
+
+def source_input(root: Path, labels: list[str], y: list[int], ignored_files: int) -> DataInput:
+    """The folder of class folders that augment reads (``root``), whose image files have the
+    class indices ``y``. (Not a :class:`~imgclf.dataset.Source`: train and evaluate import this
+    module, and must not depend on the decoding code.)"""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=len(labels))
+    md5 = folder_md5(root)
+    return DataInput(
+        name=root.name,
+        context="source",
+        digest=md5,
+        location=_location(root),
+        profile={
+            "path": _relative(root),
+            "md5": md5,
+            "images": int(counts.sum()),
+            "classes": len(labels),
+            "images_per_class": dict(zip(labels, map(int, counts))),
+            "ignored_files": ignored_files,
+        },
+    )
+
+
+def split_inputs(folder: Path, data: Prepared, splits: tuple[str, ...], source_name: str) -> list[DataInput]:
+    """The ``splits`` of the prepared arrays in ``folder``, named ``<source_name>/<split>``."""
+    md5 = fingerprint(folder)
+    out = []
+    for split in splits:
+        counts = np.bincount(data.y[split].astype(np.int64), minlength=len(data.labels))
+        out.append(
+            DataInput(
+                name=f"{source_name}/{split}",
+                context=split,
+                digest=md5,
+                location=_location(folder),
+                profile={
+                    "path": _relative(folder),
+                    "md5": md5,
+                    "images": int(counts.sum()),
+                    "shape": list(data.x[split].shape),
+                    "dtype": str(data.x[split].dtype),
+                    "images_per_class": dict(zip(data.labels, map(int, counts))),
+                },
+            )
+        )
+    return out
