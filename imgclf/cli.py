@@ -28,6 +28,8 @@ def setup_logging() -> None:
     )
     for noisy in ("absl", "tensorflow", "h5py", "matplotlib", "PIL", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # "Started monitoring system metrics." and the like, for every run.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 
 def run_stage(name: str, body: Callable[[], None]) -> int:

@@ -138,11 +138,11 @@ def test_train_stage_on_two_workers_stops_on_one_signal_resumes_and_writes_once(
         assert f"resuming from epoch {epoch}" in proc.stderr
     assert "the chief writes the model" in again[1].stderr
     (run,) = [r for r in p.runs("train") if r.info.run_id not in old_runs]  # one run, continued
-    assert run.info.status == "FINISHED" and run.data.metrics["resumed_from_epoch"] == epoch
+    assert run.info.status == "FINISHED" and run.data.params["training.resumed_from_epoch"] == str(epoch)
     from mlflow import MlflowClient
 
     steps = [m.step for m in MlflowClient(p.tracking_uri).get_metric_history(run.info.run_id, "loss")]
     assert sorted(steps) == list(range(1, 7))
     assert run.data.tags[tracking.TAG_MODEL_MD5] == md5_file(p.root / "models" / "model.h5")
     assert run.data.params["train.strategy"] == "multi_worker" and run.data.params["model.replicas"] == "2"
-    assert p.json("reports/train.json")["loss"] == run.data.metrics["best_loss"]
+    assert p.json("reports/train.json")["loss"] == run.data.metrics["best/loss"]

@@ -24,7 +24,7 @@ def test_score_matches_hand_computation():
     assert r["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
     assert r["confusion"].tolist() == [[1, 1], [0, 2]]
     flat = evaluation.per_class_metrics(r["per_class"])
-    assert flat["test_recall_a"] == pytest.approx(0.5) and "test_support_a" not in flat
+    assert flat["test_recall/a"] == pytest.approx(0.5) and "test_support/a" not in flat
 
 
 def test_class_never_predicted_scores_zero_not_nan():
@@ -40,7 +40,7 @@ def test_confusion_csv_rows_per_image():
 
 def test_per_class_metrics_are_flat_and_keep_the_class_name():
     flat = evaluation.per_class_metrics({"sea lions!": {"recall": 0.5, "support": 3}, "猫": {"f1": 1.0, "support": 1}})
-    assert flat == {"test_recall_sea lions!": 0.5, "test_f1_猫": 1.0}
+    assert flat == {"test_recall/sea lions!": 0.5, "test_f1/猫": 1.0}
 
 
 def test_history_round_trip_and_plots(tmp_path: Path):

@@ -19,6 +19,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import yaml
 
 from imgclf import tracking
 from imgclf.fileio import md5_file
@@ -27,14 +28,33 @@ from .helpers import Project
 
 pytestmark = pytest.mark.slow
 
+_OWN = "timing/mlflow_seconds"  # a stage run's own cost in MLflow
+
+
+def _system(run) -> set[str]:
+    return {k for k in run.data.metrics if k.startswith("system/")}
+
+
+def _inputs(uri: str, run) -> set[tuple[str, str, str]]:
+    """(name, digest, context) of each dataset input of ``run``."""
+    items = mlflow.MlflowClient(uri).get_run(run.info.run_id).inputs.dataset_inputs
+    return {(i.dataset.name, i.dataset.digest, {t.key: t.value for t in i.tags}["mlflow.data.context"]) for i in items}
+
 
 def test_repro_writes_metrics_model_and_reports(template: Project):
     project = template
     metrics = project.json("reports/metrics.json")
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_loss"] >= 0
-    assert metrics["test_images"] == 6  # 25% of 8 images in each of 3 classes
-    per_class = project.json("reports/per_class.json")
-    assert set(per_class) == {"blue", "green", "red"}
+    # The DVC metrics: few, comparable figures; counts and per-class figures live elsewhere.
+    assert set(metrics) == {"test_accuracy", "test_loss", "test_macro_f1", "test_macro_precision", "test_macro_recall"}
+    assert set(project.json("reports/train.json")) == {
+        "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate", "best_epoch", "epochs_run"
+    }  # fmt: skip
+    per_class = (project.root / "reports/per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,precision,recall,f1,support" and [r.split(",")[0] for r in per_class[1:]] == [
+        "blue", "green", "red"
+    ]  # fmt: skip
+    assert sum(int(r.split(",")[4]) for r in per_class[1:]) == 6  # 25% of 8 images in each of 3 classes
     report = project.json("reports/augment.json")
     # 24 originals -> 6 test; of the 18 left, 20% for validation; the rest x 2 angles x 2 (flip).
     assert report["test_images"] == 6 and report["images"] == 24
@@ -71,15 +91,44 @@ def test_every_stage_is_in_mlflow_under_one_pipeline_run(template: Project):
     assert augment.data.params["data.image_size"] == "16" and "train.epochs" not in augment.data.params
     assert train.data.params["train.epochs"] == "2" and train.data.params["base.seed"] == "42"
     assert {"data.source", "augment.flip", "train.epochs", "base.seed"} <= set(pipeline.data.params)
-    # Metrics: counts, per-epoch curves, test scores (the pipeline row has them too).
-    assert augment.data.metrics["images"] == 24
+    # Counts are params; metrics are per-epoch curves, test scores and speed (the pipeline row
+    # has them too), named to fall into groups in the chart view.
+    assert augment.data.params["dataset.images"] == pipeline.data.params["dataset.images"] == "24"
+    augment_speed = {"timing/augment_seconds", "timing/augment_images_per_second"}
+    assert set(augment.data.metrics) - _system(augment) == augment_speed | {_OWN}
+    assert set(train.data.metrics) - _system(train) == {
+        *("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "best_epoch", "epochs_run"),
+        *("best/loss", "best/accuracy", "best/val_loss", "best/val_accuracy", "best/learning_rate"),
+        *("timing/train_seconds", "timing/train_images_per_second", _OWN),
+    }
+    overall = {"test_accuracy", "test_loss", "test_macro_f1", "test_macro_precision", "test_macro_recall"}
+    per_class = {f"test_{m}/{c}" for m in ("precision", "recall", "f1") for c in ("blue", "green", "red")}
+    assert set(evaluate.data.metrics) - _system(evaluate) == overall | per_class | {_OWN}
+    assert "system/cpu_utilization_percentage" in evaluate.data.metrics
+    per_epoch = {m for m in train.data.metrics if "/" not in m}
+    assert set(pipeline.data.metrics) == overall | per_class | per_epoch | augment_speed | {
+        "timing/train_seconds",
+        "timing/train_images_per_second",
+    }
+    # The data each run read, as dataset inputs: DVC's MD5 of the images, the prepared fingerprint.
+    lock = yaml.safe_load((project.root / "dvc.lock").read_text())
+    source_md5 = next(d["md5"] for d in lock["stages"]["augment"]["deps"] if d["path"] == "data/tiny")
+    prepared = augment.data.tags[tracking.TAG_DATA_MD5]
+    expected = {
+        ("tiny", source_md5[:10], "source"),
+        ("tiny/train", prepared[:10], "train"),
+        ("tiny/val", prepared[:10], "val"),
+        ("tiny/test", prepared[:10], "test"),
+    }
+    uri = project.tracking_uri
+    assert _inputs(uri, pipeline) == expected
+    assert _inputs(uri, augment) | _inputs(uri, train) | _inputs(uri, evaluate) == expected
     mlflow.set_tracking_uri(project.tracking_uri)  # MLflow resolves logged models through the global URI
     client = mlflow.MlflowClient()
     assert [m.step for m in client.get_metric_history(train.info.run_id, "val_loss")] == [1, 2]
     metrics = project.json("reports/metrics.json")
     assert evaluate.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
     assert pipeline.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
-    assert "test_recall_red" in pipeline.data.metrics and "val_accuracy" in pipeline.data.metrics
     # Fingerprints link the stages.
     assert augment.data.tags[tracking.TAG_DATA_MD5] == train.data.tags[tracking.TAG_DATA_MD5]
     assert train.data.tags[tracking.TAG_MODEL_MD5] == md5_file(project.root / "models/model.h5")
@@ -89,6 +138,11 @@ def test_every_stage_is_in_mlflow_under_one_pipeline_run(template: Project):
     assert "keras_model/MLmodel" in {a.path for a in client.list_artifacts(train.info.run_id, "keras_model")}
     (version,) = client.search_model_versions("name = 'image-classifier'")
     assert version.run_id == train.info.run_id
+    # The first evaluated version becomes the champion; the runs say so, the version has its figures.
+    assert client.get_model_version_by_alias("image-classifier", "champion").version == version.version
+    assert evaluate.data.tags["imgclf.promoted"] == "true"
+    assert pipeline.data.tags["imgclf.promotion"] == evaluate.data.tags["imgclf.promotion"]
+    assert float(version.tags["imgclf.test_accuracy"]) == pytest.approx(metrics["test_accuracy"])
     local = Path(mlflow.artifacts.download_artifacts(run_id=train.info.run_id, artifact_path="model/model.h5"))
     assert md5_file(local) == md5_file(project.root / "models/model.h5")
     assert (project.root / "mlartifacts").is_dir()
@@ -105,13 +159,14 @@ def test_every_stage_is_in_mlflow_under_one_pipeline_run(template: Project):
 def test_predict_from_the_pipeline_a_run_and_the_registry(project: Project):
     (train,) = project.runs("train")
     lines = {}
-    for model in (None, f"runs:/{train.info.run_id}", "models:/image-classifier/1"):
+    for model in (None, f"runs:/{train.info.run_id}", "models:/image-classifier@champion"):
         args = [sys.executable, "-m", "stages.predict", "data/tiny/red", "--top", "2"]
         out = project.sh(*(args + (["--model", model] if model else []))).stdout.splitlines()
         assert len(out) == 8 and all(len(line.split("\t")) == 5 for line in out)
         lines[model] = out
-    # Same model three ways: same answers (probabilities printed to 4 places).
-    assert lines[None] == lines[f"runs:/{train.info.run_id}"] == lines["models:/image-classifier/1"]
+    # Same model three ways (the first evaluation made it the champion): same answers
+    # (probabilities printed to 4 places).
+    assert lines[None] == lines[f"runs:/{train.info.run_id}"] == lines["models:/image-classifier@champion"]
 
 
 def test_mlflow_models_predict_serves_the_registered_model(project: Project, tmp_path: Path):

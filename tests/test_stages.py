@@ -81,7 +81,7 @@ def test_bad_files_are_skipped_reported_and_counted(workspace, capsys):
     for name in skipped:
         assert sum(1 for line in err.splitlines() if "skipping" in line and name in line) == 1
     (run,) = _runs("augment")
-    assert run.data.metrics["skipped_files"] == 5 and run.data.metrics["images"] == 18
+    assert run.data.params["dataset.skipped_files"] == "5" and run.data.params["dataset.images"] == "18"
     assert np.load(paths.PREPARED_DIR / "y_test.npy", allow_pickle=False).dtype == np.uint8
 
 

@@ -10,8 +10,8 @@ import pytest
 from imgclf import tracking
 from imgclf.errors import PipelineError
 from imgclf.params import parse
-from imgclf.result import StageResult
-from imgclf.tracking import lineage, runs
+from imgclf.result import DataInput, StageResult
+from imgclf.tracking import lineage, runs, system
 
 from .helpers import list_runs
 
@@ -38,13 +38,15 @@ def test_recorder_logs_shaping_params_progress_and_result(mlflow_store: str, tmp
     monkeypatch.setenv("MLFLOW_RUN_ID", "not-a-run")  # must not be resumed
     report = tmp_path / "report.json"
     report.write_text("{}")
-    with tracking.recorder("train", P) as rec:
+    split = DataInput("demo/train", "train", "0123456789abcdef", str(tmp_path), {"images_per_class": {"a": 3}})
+    with tracking.recorder("train", P, inputs=[split]) as rec:
         rec.log_params({"model.parameters": 1234})
         for epoch in (1, 2):
             rec.log_epoch(epoch, {"val_loss": 1.0 / epoch})
         rec.record(
             StageResult(
                 metrics={"accuracy": 0.5, "per class: cats!": 1.0},
+                facts={"dataset.images": 30},
                 fingerprints={"data": "abc"},
                 artifacts=[(report, "reports")],
             )
@@ -52,14 +54,22 @@ def test_recorder_logs_shaping_params_progress_and_result(mlflow_store: str, tmp
     (run,) = _runs("train")
     assert run.info.status == "FINISHED"
     # Exactly the sections that shape the stage, flattened as DVC names them, plus what it found out.
-    assert set(run.data.params) == set(P.shaping("train")) | {"model.parameters"}
+    assert set(run.data.params) == set(P.shaping("train")) | {"model.parameters", "dataset.images"}
+    # The data it read, as a dataset input: our digest (shortened), its context and profile.
+    (item,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert (item.dataset.name, item.dataset.digest) == ("demo/train", "0123456789")
+    assert [(t.key, t.value) for t in item.tags] == [("mlflow.data.context", "train")]
+    assert '"images_per_class": {"a": 3}' in item.dataset.profile
+    # Machine figures, host-wide and of the stage's own process, even for a run this short.
+    assert {"system/cpu_utilization_percentage", "system/process_memory_rss_megabytes"} <= set(run.data.metrics)
+    assert run.data.metrics["system/process_memory_rss_megabytes"] > 50
     assert {"base.seed", "train.epochs", "train.early_stopping.patience"} <= set(run.data.params)
     assert run.data.params["train.conv_filters"] == "[4, 8]" and run.data.params["model.parameters"] == "1234"
     assert run.data.tags[tracking.TAG_STAGE] == "train" and run.data.tags["dvc.exp_name"] == "exp-abc"
     assert run.data.tags[tracking.TAG_DATA_MD5] == "abc"
     assert len(run.data.tags[tracking.TAG_GIT_COMMIT]) == 40
     assert run.data.metrics["accuracy"] == 0.5 and run.data.metrics["per class_ cats_"] == 1.0
-    assert run.data.metrics["mlflow_seconds"] > 0
+    assert run.data.metrics["timing/mlflow_seconds"] > 0
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_loss")
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5)]
     assert [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "reports")] == ["reports/report.json"]
@@ -131,20 +141,37 @@ def test_linking_reparents_fresh_runs_and_copies_cached_ones(mlflow_store: str):
     assert mlflow.get_run(source.info.run_id).data.tags[tracking.TAG_PARENT] == first
 
 
+def _data(name: str, context: str) -> DataInput:
+    return DataInput(name, context, "d1" * 8, "/data", {})
+
+
 def test_final_stage_writes_the_pipeline_run_over_the_stage_runs(mlflow_store: str, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "exp-42")
-    with tracking.recorder("augment", P) as rec:
-        rec.record(StageResult(metrics={"images": 30}, fingerprints={"data": "d1"}))
-    with tracking.recorder("train", P) as rec:
+    with tracking.recorder("augment", P, inputs=[_data("demo", "source")]) as rec:
+        rec.record(
+            StageResult(
+                metrics={"timing/augment_seconds": 3}, facts={"dataset.images": 30}, fingerprints={"data": "d1"}
+            )
+        )
+    with tracking.recorder("train", P, inputs=[_data("demo/train", "train"), _data("demo/val", "val")]) as rec:
         rec.record(StageResult(metrics={"val_accuracy": 0.75}, fingerprints={"data": "d1", "model": "m1"}))
-    with tracking.recorder("evaluate", P) as rec:
+    with tracking.recorder("evaluate", P, inputs=[_data("demo/test", "test")]) as rec:
         rec.record(StageResult(metrics={"test_accuracy": 0.5}, fingerprints={"data": "d1", "model": "m1"}))
     (pipeline,) = _runs("exp-42")
     assert pipeline.info.status == "FINISHED" and pipeline.data.tags[tracking.TAG_STAGE] == "pipeline"
-    assert set(pipeline.data.params) == set(P.shaping("pipeline"))
+    # Every param that shaped the result, and the facts the stages found (counts, the model's size).
+    assert set(pipeline.data.params) == set(P.shaping("pipeline")) | set(P.shaping("evaluate")) | {"dataset.images"}
     assert pipeline.data.metrics["test_accuracy"] == 0.5
-    assert pipeline.data.metrics["val_accuracy"] == 0.75 and pipeline.data.metrics["images"] == 30
-    assert "mlflow_seconds" not in pipeline.data.metrics  # a stage's own cost, not the result's
+    assert pipeline.data.metrics["val_accuracy"] == 0.75 and pipeline.data.metrics["timing/augment_seconds"] == 3
+    assert "timing/mlflow_seconds" not in pipeline.data.metrics  # a stage's own cost, not the result's
+    assert not any(k.startswith("system/") for k in pipeline.data.metrics)
+    inputs = mlflow.get_run(pipeline.info.run_id).inputs.dataset_inputs
+    assert sorted((i.dataset.name, i.tags[0].value) for i in inputs) == [
+        ("demo", "source"),
+        ("demo/test", "test"),
+        ("demo/train", "train"),
+        ("demo/val", "val"),
+    ]
     assert pipeline.data.tags[tracking.TAG_MODEL_MD5] == "m1"
     for stage in ("augment", "train", "evaluate"):
         (run,) = _runs(stage)
@@ -171,5 +198,51 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_it(mlflow_store: str, tmp_pat
 def test_the_pipeline_run_shows_the_best_epochs_figures_in_place_of_the_last_ones():
     from imgclf.tracking.lineage import _result_metrics
 
-    train_run = {"loss": 0.5, "best_loss": 0.3, "best_epoch": 4, "epochs_run": 6, "mlflow_seconds": 1.0}
+    train_run = {"loss": 0.5, "best/loss": 0.3, "best_epoch": 4, "epochs_run": 6, "timing/mlflow_seconds": 1.0}
+    train_run["system/cpu_utilization_percentage"] = 50.0
     assert _result_metrics(train_run) == {"loss": 0.3, "best_epoch": 4, "epochs_run": 6}
+
+
+def test_system_metrics_pace_suits_short_and_long_stages():
+    assert system.pace(0) == (1.0, 1) and system.pace(10 * 3600) == (10.0, 6)
+
+    def points(seconds: float) -> int:
+        age, n = 0.0, 0
+        while age < seconds:
+            interval, samples = system.pace(age)
+            age, n = age + interval * samples, n + 1
+        return n
+
+    assert points(10) >= 9  # a point a second at the start
+    assert 500 < points(10 * 3600) < 1000  # a point a minute after the first hour
+
+
+def test_the_champion_alias_moves_only_to_a_better_version(mlflow_store: str):
+    from imgclf.tracking.models import CHAMPION, promote
+
+    exp_id = tracking.setup(EXP)
+    client = mlflow.MlflowClient()
+    client.create_registered_model("clf")
+
+    def evaluated(accuracy: float, minimum: float = 0.0) -> tuple[bool, str]:
+        with tracking.recorder("train", P) as rec:  # a train run that registered its model
+            pass
+        client.create_model_version("clf", f"runs:/{rec.run_id}/keras_model", run_id=rec.run_id)
+        return promote("clf", "test_accuracy", minimum, {"test_accuracy": accuracy}, rec.run_id, exp_id)
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias("clf", CHAMPION).version)
+
+    assert evaluated(0.90) == (True, "version 1 is the champion: test_accuracy 0.9000")
+    promoted, why = evaluated(0.80)
+    assert not promoted and why == "version 2: test_accuracy 0.8000 does not beat champion version 1's 0.9000"
+    assert not evaluated(0.90)[0]  # a tie keeps the champion
+    promoted, why = evaluated(0.95, minimum=0.97)
+    assert not promoted and "below evaluate.promote.min 0.97" in why
+    assert champion() == "1"
+    assert evaluated(0.95) == (True, "version 5 is the champion (was version 1): test_accuracy 0.9500")
+    assert champion() == "5"
+    assert client.get_model_version("clf", "5").tags["imgclf.test_accuracy"] == "0.95"
+    # A model that was never registered is said so.
+    promoted, why = promote("clf", "test_accuracy", 0.0, {"test_accuracy": 1.0}, "no-such-run", exp_id)
+    assert not promoted and "mlflow.register: false" in why

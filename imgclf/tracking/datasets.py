@@ -8,6 +8,7 @@ as MLflow shows digests, with the whole MD5 in the profile.
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 from imgclf.result import DataInput
@@ -21,7 +22,9 @@ def _source(location: str):
     from mlflow.data.http_dataset_source import HTTPDatasetSource
 
     try:
-        return resolve_dataset_source(location)
+        with warnings.catch_warnings():  # MLflow registers its local source class twice and says so
+            warnings.simplefilter("ignore", UserWarning)
+            return resolve_dataset_source(location)
     except Exception:  # a remote MLflow has no source class for (ssh://, azure://, ...)
         return HTTPDatasetSource(location)
 

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 PIPELINE = "pipeline"
 # A stage run's own cost, not a fact about the result: not copied onto the pipeline run.
 STAGE_OVERHEAD = "timing/mlflow_seconds"
+# Machine figures (imgclf.tracking.system) belong to the stage run that was measured.
+SYSTEM_PREFIX = "system/"
 # Train logs each epoch's metrics as steps, and the best epoch's again under this prefix.
 BEST_PREFIX = "best/"
 
@@ -67,7 +69,11 @@ def _result_metrics(metrics: dict[str, float]) -> dict[str, float]:
     went on."""
     best = {k[len(BEST_PREFIX) :]: v for k, v in metrics.items() if k.startswith(BEST_PREFIX)}
     best = {k: v for k, v in best.items() if k in metrics}
-    out = {k: v for k, v in metrics.items() if k != STAGE_OVERHEAD and k[len(BEST_PREFIX) :] not in best}
+    out = {
+        k: v
+        for k, v in metrics.items()
+        if k != STAGE_OVERHEAD and not k.startswith(SYSTEM_PREFIX) and k[len(BEST_PREFIX) :] not in best
+    }
     return {**out, **best}
 
 

@@ -74,7 +74,7 @@ def promote(
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{train_run_id}'")
     if not versions:
         return False, f"the model is not registered as {name} (it was trained with mlflow.register: false)"
-    version = max(versions, key=lambda v: int(v.version)).version
+    version = str(max(versions, key=lambda v: int(v.version)).version)
     for key, value in figures.items():
         client.set_model_version_tag(name, version, FIGURE_TAG + key, str(value))
     value = figures[metric]
@@ -84,7 +84,7 @@ def promote(
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         champion = None
-    if champion is not None and champion.version == version:
+    if champion is not None and str(champion.version) == version:
         return False, f"version {version} is the champion already"
     if champion is not None:
         best = _champion_figure(client, champion, metric, experiment_id)

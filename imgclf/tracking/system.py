@@ -84,6 +84,21 @@ def start(run_id: str):
                 self.sampling_interval, self.samples_before_logging = pace(time.monotonic() - self.started)
                 return super().collect_metrics()
 
+            def finish(self):
+                """Stop, and log the samples since the last point with one more taken now
+                (MLflow's own ``finish`` drops them: a short stage would get no figures)."""
+                if self._process is None:
+                    return
+                self._shutdown_event.set()
+                self._process.join()
+                self._process = None
+                try:
+                    self.collect_metrics()
+                    self.publish_metrics(self.aggregate_metrics())
+                    self.mlflow_logger.flush()
+                except Exception as err:
+                    log.warning("the last system metrics were not logged: %s", err)
+
         monitor = PacedMonitor(run_id)
         monitor.start()
         return monitor
