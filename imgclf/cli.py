@@ -32,12 +32,17 @@ def setup_logging() -> None:
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 
-def run_stage(name: str, body: Callable[[], None]) -> int:
-    """Run one stage's body and turn its outcome into an exit code."""
+def run_stage(name: str, body: Callable[[], None], tensorflow: bool = False) -> int:
+    """Run one stage's body and turn its outcome into an exit code; ``tensorflow``: the stage
+    uses it, so start it first without its start-up chatter."""
     setup_logging()
     interrupt.install()
     debug = os.environ.get("IMGCLF_DEBUG", "") not in ("", "0")
     try:
+        if tensorflow:
+            from imgclf.runtime import start_tensorflow_quietly
+
+            start_tensorflow_quietly()
         body()
         return 0
     except KeyboardInterrupt:
@@ -83,7 +88,7 @@ def describe_os_error(err: OSError) -> str:
     return f"cannot write {where}{hint}" if err.errno in _OS_HINTS else f"{where}{hint}"
 
 
-def main(name: str, body: Callable[[], None]) -> None:
+def main(name: str, body: Callable[[], None], tensorflow: bool = False) -> None:
     """Run a stage as a program, then leave without Python's slow teardown.
 
     Python frees every object of every imported module one by one at exit, which takes a
@@ -91,7 +96,7 @@ def main(name: str, body: Callable[[], None]) -> None:
     at once. Everything that matters still happens first: other threads are joined, the exit
     handlers run (so MLflow closes its runs and queues) and the standard streams are flushed.
     """
-    code = run_stage(name, body)
+    code = run_stage(name, body, tensorflow)
     exit_fast(code)
 
 

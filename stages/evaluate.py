@@ -77,4 +77,4 @@ def evaluate(p: Params, data: Prepared, model) -> StageResult:
 
 
 if __name__ == "__main__":
-    main("evaluate", run)
+    main("evaluate", run, tensorflow=True)

@@ -57,4 +57,4 @@ def run(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main("predict", run)
+    main("predict", run, tensorflow=True)

@@ -79,4 +79,4 @@ def save(trained: Trained, data: Prepared) -> StageResult:
 
 
 if __name__ == "__main__":
-    main("train", run)
+    main("train", run, tensorflow=True)

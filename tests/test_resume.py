@@ -101,6 +101,7 @@ def test_sigkill_mid_training_resumes_in_the_same_run_with_the_uninterrupted_wei
     log = out.stdout + out.stderr
     assert f"resuming from epoch {killed['epoch']}" in log
     assert "\r" not in log  # no bar redraws in a log file
+    assert not re.search(r"^[IWE]\d{4} ", log, re.M), log  # no TensorFlow start-up chatter
     assert re.search(r"epoch \d+/12: step \d+/\d+ \(\d+%\), \d+ img/s, ETA \d\d:\d\d:\d\d", log), log[-3000:]
     assert not _state_files(p)  # removed once training completed
 
