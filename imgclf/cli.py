@@ -30,6 +30,8 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     # "Started monitoring system metrics." and the like, for every run.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    # "Creating initial MLflow database tables..." when a stage makes the local store.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
 def run_stage(name: str, body: Callable[[], None], tensorflow: bool = False) -> int:
@@ -104,9 +106,15 @@ def exit_fast(code: int) -> None:
     import atexit
     import threading
 
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    # As the interpreter does at exit: first threading's own exit hooks (they tell thread pools,
+    # e.g. MLflow's artifact downloads, to stop their idle workers), then join the other threads.
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    else:
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
     atexit._run_exitfuncs()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -234,9 +235,15 @@ def test_forced_repro_is_byte_identical(project: Project):
 def test_changing_a_train_param_reruns_train_and_evaluate_only(project: Project):
     _commit(project)
     project.set_params(train={"epochs": 1})
-    out = project.sh("dvc", "repro").stdout
+    proc = project.sh("dvc", "repro")
+    out = proc.stdout
     assert "Running stage 'augment'" not in out
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
+    # A quiet console: the stages' own lines, none of TensorFlow's, absl's or CUDA's start-up.
+    console = proc.stdout + proc.stderr
+    for chatter in (r"^[IWE]\d{4} ", "cuInit", "oneDNN custom operations", "absl::InitializeLog", "cpu_feature_guard"):
+        assert not re.search(chatter, console, re.M), (chatter, console)
+    assert "epoch 1/1:" in console and "test accuracy" in console
     diff = json.loads(project.sh("dvc", "params", "diff", "--json").stdout)
     change = diff["params.yaml"]["train.epochs"]
     assert (change["old"], change["new"]) == (2, 1)

@@ -22,6 +22,8 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 # No usage reports to MLflow's makers: the pipeline talks to its tracking store and nothing else,
 # and the reporting thread would make the augment stage spawn its workers instead of forking them.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# No download bars from `stages.predict --model runs:/...` (they land in logs as a wall of \r).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def default_store() -> Path:
