@@ -154,7 +154,9 @@ def test_final_stage_writes_the_pipeline_run_over_the_stage_runs(mlflow_store: s
             )
         )
     with tracking.recorder("train", P, inputs=[_data("demo/train", "train"), _data("demo/val", "val")]) as rec:
-        rec.record(StageResult(metrics={"val_accuracy": 0.75}, fingerprints={"data": "d1", "model": "m1"}))
+        for epoch, value in ((1, 0.5), (2, 0.75)):
+            rec.log_epoch(epoch, {"val_accuracy": value})
+        rec.record(StageResult(metrics={"best/val_accuracy": 0.75}, fingerprints={"data": "d1", "model": "m1"}))
     with tracking.recorder("evaluate", P, inputs=[_data("demo/test", "test")]) as rec:
         rec.record(StageResult(metrics={"test_accuracy": 0.5}, fingerprints={"data": "d1", "model": "m1"}))
     (pipeline,) = _runs("exp-42")
@@ -162,7 +164,10 @@ def test_final_stage_writes_the_pipeline_run_over_the_stage_runs(mlflow_store: s
     # Every param that shaped the result, and the facts the stages found (counts, the model's size).
     assert set(pipeline.data.params) == set(P.shaping("pipeline")) | set(P.shaping("evaluate")) | {"dataset.images"}
     assert pipeline.data.metrics["test_accuracy"] == 0.5
-    assert pipeline.data.metrics["val_accuracy"] == 0.75 and pipeline.data.metrics["timing/augment_seconds"] == 3
+    assert pipeline.data.metrics["best/val_accuracy"] == 0.75 and pipeline.data.metrics["timing/augment_seconds"] == 3
+    # The learning curves, for the chart view to compare results by.
+    curve = mlflow.MlflowClient().get_metric_history(pipeline.info.run_id, "val_accuracy")
+    assert [(m.step, m.value) for m in curve] == [(1, 0.5), (2, 0.75)]
     assert "timing/mlflow_seconds" not in pipeline.data.metrics  # a stage's own cost, not the result's
     assert not any(k.startswith("system/") for k in pipeline.data.metrics)
     inputs = mlflow.get_run(pipeline.info.run_id).inputs.dataset_inputs
@@ -195,12 +200,12 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_it(mlflow_store: str, tmp_pat
     assert exp.artifact_location == (tmp_path / "mlartifacts").as_uri()
 
 
-def test_the_pipeline_run_shows_the_best_epochs_figures_in_place_of_the_last_ones():
+def test_the_pipeline_run_has_the_results_figures_not_the_stages_costs():
     from imgclf.tracking.lineage import _result_metrics
 
-    train_run = {"loss": 0.5, "best/loss": 0.3, "best_epoch": 4, "epochs_run": 6, "timing/mlflow_seconds": 1.0}
+    train_run = {"loss": 0.5, "best/loss": 0.3, "best_epoch": 4, "timing/mlflow_seconds": 1.0}
     train_run["system/cpu_utilization_percentage"] = 50.0
-    assert _result_metrics(train_run) == {"loss": 0.3, "best_epoch": 4, "epochs_run": 6}
+    assert _result_metrics(train_run) == {"loss": 0.5, "best/loss": 0.3, "best_epoch": 4}
 
 
 def test_system_metrics_pace_suits_short_and_long_stages():

@@ -1,21 +1,22 @@
-"""The MLflow UI in a real browser: a real `mlflow server` on the pipeline's store, headless Chromium.
+"""The MLflow UI in a real browser: a real `mlflow server` on the pipeline's store, headless
+Chromium driven by Playwright (:mod:`tests.mlflow_ui`, which also takes the README's pictures).
 
 Two pipeline runs with different params (the first repro's, and an experiment this test runs on
-its own copy of the project) must show on the experiment page and, side by side, in the compare
-view with their differing params and their test metrics. Screenshots land in ``test-output/ui/``
+its own copy of the project) must show in the "Model training" runs table with their dataset,
+params and test metrics; the chart view must have a ``test_accuracy`` chart and the learning
+curves; the compare view must set them side by side. Screenshots land in ``test-output/ui/``
 for people to look at. Without Chromium the test skips (fails under IMGCLF_REQUIRE_SYSTEM_DEPS=1).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import urllib.parse
 from pathlib import Path
 
 import pytest
 
+from . import mlflow_ui
 from .helpers import ROOT, Project, mlflow_server, need_system
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ OUT = ROOT / "test-output" / "ui"
 def chromium() -> str:
     """The browser's path. Session-scoped, so that without one the test skips before the shared
     project is built."""
-    found = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+    found = mlflow_ui.find_chromium()
     need_system(
         found is not None,
         "Chromium",
@@ -36,34 +37,7 @@ def chromium() -> str:
     return found
 
 
-def _browse(chromium: str, url: str, shot: Path, profile: Path) -> str:
-    """Render ``url`` headless: save a screenshot and return the DOM after scripts ran."""
-    base = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-        "--window-size=1600,1000",
-        "--virtual-time-budget=20000",
-        "--hide-scrollbars",
-    ]
-    shot.parent.mkdir(parents=True, exist_ok=True)
-    # One page load gives both: each load of the app costs seconds of CPU.
-    dom = subprocess.run(
-        base + [f"--screenshot={shot}", "--dump-dom", url], capture_output=True, text=True, timeout=180, check=False
-    )
-    assert shot.is_file() and shot.stat().st_size > 10_000, f"no screenshot of {url}: {dom.stderr[-2000:]}"
-    return dom.stdout
-
-
-def test_experiment_page_and_compare_view_show_two_pipeline_runs(chromium: str, project: Project, tmp_path: Path):
+def test_runs_table_chart_view_and_compare_view_show_two_pipeline_runs(chromium: str, project: Project, tmp_path: Path):
     # A second pipeline result with other params, as a user's experiment from the first results makes.
     project.sh("git", "add", "-A")
     project.sh("git", "commit", "-qm", "first results")
@@ -73,21 +47,26 @@ def test_experiment_page_and_compare_view_show_two_pipeline_runs(chromium: str, 
     assert first.data.tags.get("imgclf.stage") == second.data.tags.get("imgclf.stage") == "pipeline"
     assert second.data.params["train.learning_rate"] == "0.003"
     exp_id = first.info.experiment_id
+    digest = first.data.tags["imgclf.data_md5"][:10]
 
     with mlflow_server(project.tracking_uri, tmp_path, project.env) as server:
-        page = _browse(
-            chromium,
-            f"{server}/#/experiments/{exp_id}?workflowType=machine_learning",
-            OUT / "experiment.png",
-            tmp_path / "p1",
-        )
-        assert "image-classification" in page
-        assert "ui-lr3" in page and "pipeline" in page
-
+        views = mlflow_ui.take(chromium, server, exp_id, OUT, ["pipeline", "ui-lr3"])
         ids = json.dumps([first.info.run_id, second.info.run_id])
         query = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([exp_id])})
-        page = _browse(chromium, f"{server}/#/compare-runs?{query}", OUT / "compare.png", tmp_path / "p2")
-    assert "train.learning_rate" in page
-    assert first.data.params["train.learning_rate"] in page and "0.003" in page
-    assert "test_accuracy" in page
-    assert f"{second.data.metrics['test_accuracy']:.3g}"[:4] in page
+        compare = mlflow_ui.page_text(chromium, f"{server}/#/compare-runs?{query}", "Run details", OUT / "compare.png")
+
+    # The runs table: both results, their data, the params that differ and the test metrics.
+    assert "pipeline" in views.runs_table and "ui-lr3" in views.runs_table
+    for column in ("train.learning_rate", "test_accuracy", "best_epoch"):
+        assert column in views.runs_table, column
+    assert "0.003" in views.runs_table
+    assert f"{second.data.metrics['test_accuracy']:.3g}"[:4] in views.runs_table
+    # The Dataset column names the data a pipeline run read, with its digest.
+    assert any(entry.startswith("tiny") for entry in views.datasets), views.datasets
+    assert any(digest in entry for entry in views.datasets), (digest, views.datasets)
+    # The chart view: test accuracy, and the learning curves.
+    assert {"test_accuracy", "loss", "val_loss"} <= set(views.charts), views.charts
+    for picture in ("runs.png", "charts.png", "compare.png"):
+        assert (OUT / picture).stat().st_size > 20_000, picture
+    # The compare view sets the two side by side with their differing param.
+    assert "train.learning_rate" in compare and "0.003" in compare and "test_accuracy" in compare

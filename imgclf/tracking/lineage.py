@@ -24,8 +24,6 @@ PIPELINE = "pipeline"
 STAGE_OVERHEAD = "timing/mlflow_seconds"
 # Machine figures (imgclf.tracking.system) belong to the stage run that was measured.
 SYSTEM_PREFIX = "system/"
-# Train logs each epoch's metrics as steps, and the best epoch's again under this prefix.
-BEST_PREFIX = "best/"
 
 
 def find_stage_run(experiment_id: str, stage: str, tag: str, value: str):
@@ -64,17 +62,19 @@ def link_stage_run(pipeline_run_id: str, stage: str, source) -> str:
 
 
 def _result_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """A stage run's metrics as they describe the result: the best epoch's figures (``best/loss``)
-    in place of the last epoch's (``loss``), since the best epoch's weights are the model that
-    went on."""
-    best = {k[len(BEST_PREFIX) :]: v for k, v in metrics.items() if k.startswith(BEST_PREFIX)}
-    best = {k: v for k, v in best.items() if k in metrics}
-    out = {
-        k: v
-        for k, v in metrics.items()
-        if k != STAGE_OVERHEAD and not k.startswith(SYSTEM_PREFIX) and k[len(BEST_PREFIX) :] not in best
-    }
-    return {**out, **best}
+    """A stage run's metrics that describe the result (not the stage's own cost in MLflow, not
+    the machine it ran on)."""
+    return {k: v for k, v in metrics.items() if k != STAGE_OVERHEAD and not k.startswith(SYSTEM_PREFIX)}
+
+
+def _curves(client, run) -> list[Any]:
+    """Every per-epoch metric of ``run`` (logged at steps 1, 2, ...) with its whole history."""
+    out = []
+    for key in _result_metrics(run.data.metrics):
+        history = client.get_metric_history(run.info.run_id, key)
+        if any(m.step > 0 for m in history):
+            out.extend(history)
+    return out
 
 
 def record_pipeline(
@@ -89,8 +89,9 @@ def record_pipeline(
     ``final_run_id`` is the final stage's run, ``params`` every param that shaped the result,
     ``metrics`` the final stage's. ``made_by`` maps each earlier stage to the (tag, value) that
     its run carries for what it made. The params (with the facts the stages logged as params),
-    metrics (the best epoch's, see :func:`_result_metrics`) and dataset inputs of all those runs
-    are copied onto the pipeline run, so its row shows the data, the training and the result.
+    metrics (see :func:`_result_metrics`; the per-epoch ones with their history, so the chart
+    view draws each result's learning curves) and dataset inputs of all those runs are copied
+    onto the pipeline run, so its row shows the data, the training and the result.
     It is named after the DVC experiment, or ``pipeline``.
     """
     import mlflow
@@ -115,12 +116,15 @@ def record_pipeline(
         copied.update(_result_metrics(source.data.metrics))
         facts.update(source.data.params)
     tags = {**context_tags(PIPELINE), **{tag: value for tag, value in made_by.values()}}
+    curves = [m for source in sources.values() for m in _curves(client, source)]
+    stepped = {m.key for m in curves}
     pipeline_id = write_run(
         experiment_id,
         os.environ.get("DVC_EXP_NAME") or PIPELINE,
         tags,
         {**facts, **params},
-        {**copied, **metrics},
+        {k: v for k, v in {**copied, **metrics}.items() if k not in stepped},
+        curves,
     )
     datasets.copy(pipeline_id, [*sources.values(), final])
     client.set_tag(final_run_id, TAG_PARENT, pipeline_id)

@@ -122,8 +122,10 @@ def write_run(
     tags: dict[str, str],
     params: dict[str, Any],
     metrics: dict[str, float],
+    history: list[Any] = (),
 ) -> str:
-    """Create a run that records finished facts in one go; return its id.
+    """Create a run that records finished facts in one go; return its id. ``history`` holds
+    MLflow ``Metric`` entries logged as they are (with their steps), e.g. learning curves.
 
     It ends FINISHED, or FAILED if writing it fails halfway (the error is raised).
     """
@@ -140,6 +142,7 @@ def write_run(
         now = int(time.time() * 1000)
         entries = [Param(k, str(v)) for k, v in params.items()]
         entries += [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        entries += [Metric(m.key, m.value, m.timestamp, m.step) for m in history]
         for start in range(0, len(entries), _BATCH):
             chunk = entries[start : start + _BATCH]
             client.log_batch(
