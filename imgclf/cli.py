@@ -11,6 +11,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -42,8 +43,6 @@ def run_stage(name: str, body: Callable[[], None], tensorflow: bool = False) -> 
     debug = os.environ.get("IMGCLF_DEBUG", "") not in ("", "0")
     try:
         if tensorflow:
-            from imgclf.runtime import start_tensorflow_quietly
-
             start_tensorflow_quietly()
         body()
         return 0
@@ -121,3 +120,41 @@ def exit_fast(code: int) -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
+
+
+# TensorFlow's start-up lines, written by its C++ runtime to file descriptor 2 before absl's
+# logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot hold them back: absl's info and warning
+# lines, its notice about them, the CPU-instruction notice, and on a machine without a GPU the
+# failed CUDA initialisation (an E line that users read as a failure).
+_STARTUP_CHATTER = re.compile(
+    r"^(?:[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] .*"
+    r"|E\d{4} [\d:.]+ +\d+ cuda_\S+:\d+\] .*"
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|To enable the following instructions: .*)$"
+)
+
+
+def start_tensorflow_quietly() -> None:
+    """Import TensorFlow and find its devices with file descriptor 2 caught in a file; then pass
+    on every line of it but the start-up chatter (:data:`_STARTUP_CHATTER`). Call it before any
+    other TensorFlow work: listing physical devices leaves them, and a multi-worker strategy,
+    still to be set up."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            text = caught.read().decode("utf-8", "replace")
+    kept = [line for line in text.splitlines() if line.strip() and not _STARTUP_CHATTER.match(line)]
+    if kept:
+        print("\n".join(kept), file=sys.stderr)

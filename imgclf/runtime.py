@@ -1,10 +1,8 @@
-"""TensorFlow's process-wide settings: a quiet start, seeds, determinism and compute precision."""
+"""TensorFlow's process-wide settings for training: seeds, determinism and compute precision."""
 
 from __future__ import annotations
 
-import os
 import random
-import re
 from pathlib import Path
 
 import numpy as np
@@ -59,41 +57,3 @@ def set_precision(setting: str) -> str:
     policy = resolve_precision(setting)
     keras.mixed_precision.set_global_policy(policy)
     return policy
-
-
-# TensorFlow's start-up lines, written by its C++ runtime to file descriptor 2 before absl's
-# logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot hold them back: absl's info and warning
-# lines, its notice about them, the CPU-instruction notice, and on a machine without a GPU the
-# failed CUDA initialisation (an E line that users read as a failure).
-_STARTUP_CHATTER = re.compile(
-    r"^(?:[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] .*"
-    r"|E\d{4} [\d:.]+ +\d+ cuda_\S+:\d+\] .*"
-    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|To enable the following instructions: .*)$"
-)
-
-
-def start_tensorflow_quietly() -> None:
-    """Import TensorFlow and find its devices with file descriptor 2 caught in a file; then pass
-    on every line of it but the start-up chatter (:data:`_STARTUP_CHATTER`). Call it before any
-    other TensorFlow work: listing physical devices leaves them, and a multi-worker strategy,
-    still to be set up."""
-    import sys
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            text = caught.read().decode("utf-8", "replace")
-    kept = [line for line in text.splitlines() if line.strip() and not _STARTUP_CHATTER.match(line)]
-    if kept:
-        print("\n".join(kept), file=sys.stderr)

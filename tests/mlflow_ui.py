@@ -17,9 +17,11 @@ The MLflow Assistant panel, open by default, is closed first. Run it on a projec
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,7 @@ class Views:
     runs_table: str  # the runs table's text: run names, datasets, params and metrics
     datasets: list[str]  # the Dataset column's entries, e.g. "demo (c3361a1dd7)"
     charts: list[str]  # titles of the charts shown in the chart view
+    compare: str = ""  # the compare view's text, when asked for
 
 
 def find_chromium() -> str | None:
@@ -62,9 +65,12 @@ def _pick_columns(page, names: tuple[str, ...], check: bool) -> None:
     page.keyboard.press("Escape")
 
 
-def take(chromium: str, server: str, experiment_id: str, out: Path, row_names: list[str]) -> Views:
+def take(
+    chromium: str, server: str, experiment_id: str, out: Path, row_names: list[str], compare: list[str] = ()
+) -> Views:
     """Open the experiment on the MLflow ``server``, save ``runs.png`` and ``charts.png`` in
-    ``out`` and return what they show. ``row_names`` are the pipeline runs expected as rows."""
+    ``out`` and return what they show. ``row_names`` are the pipeline runs expected as rows.
+    With ``compare`` (run ids), also open the compare view of those runs (``compare.png``)."""
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
@@ -96,30 +102,20 @@ def take(chromium: str, server: str, experiment_id: str, out: Path, row_names: l
             page.screenshot(path=str(out / "charts.png"))
             names = ("test_accuracy", "loss", "val_loss", "val_accuracy", "accuracy", "test_loss")  # shown or not
             charts = [name for name in names if page.get_by_text(name, exact=True).count()]
+
+            compared = ""
+            if compare:
+                query = urllib.parse.urlencode(
+                    {"runs": json.dumps(list(compare)), "experiments": json.dumps([experiment_id])}
+                )
+                page.goto(f"{server}/#/compare-runs?{query}")
+                page.get_by_text("Run details").first.wait_for()
+                page.wait_for_timeout(1000)
+                page.screenshot(path=str(out / "compare.png"))
+                compared = page.locator("body").inner_text()
         finally:
             browser.close()
-    return Views(runs_table=table, datasets=datasets, charts=charts)
-
-
-def page_text(chromium: str, url: str, wait_for: str, shot: Path) -> str:
-    """The text of the page at ``url`` once ``wait_for`` shows; a screenshot goes to ``shot``."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-        )
-        try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.set_default_timeout(60_000)
-            page.goto(url)
-            page.get_by_text(wait_for).first.wait_for()
-            page.wait_for_timeout(1000)
-            shot.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shot))
-            return page.locator("body").inner_text()
-        finally:
-            browser.close()
+    return Views(runs_table=table, datasets=datasets, charts=charts, compare=compared)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -144,3 +144,24 @@ main("demo", body)
     assert proc.stdout == "buffered, no newline"
     assert (tmp_path / "thread.txt").read_text() == "joined"
     assert (tmp_path / "atexit.txt").read_text() == "ran"
+
+
+def test_tensorflow_starts_without_its_chatter_but_other_lines_pass(tmp_path):
+    import subprocess
+    import sys
+
+    from .helpers import ROOT
+
+    code = (
+        "import os, sys\n"
+        "from imgclf import cli\n"
+        "real = cli._STARTUP_CHATTER\n"
+        "cli.start_tensorflow_quietly()\n"
+        "print('stage line', file=sys.stderr)\n"
+        "print(bool(real.match('E0000 00:00:1795.5   30259 cuda_platform.cc:52] failed call to cuInit')),\n"
+        "      bool(real.match('E0000 00:00:1795.5   30259 some_op.cc:12] a real error')), file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["stage line", "True False"], lines  # nothing of TensorFlow's start-up

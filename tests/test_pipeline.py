@@ -178,7 +178,7 @@ def test_mlflow_models_predict_serves_the_registered_model(project: Project, tmp
         "models",
         "predict",
         "-m",
-        "models:/image-classifier/1",
+        "models:/image-classifier@champion",  # the alias a deployment follows
         "-i",
         str(tmp_path / "in.json"),
         "-t",

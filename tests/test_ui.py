@@ -10,8 +10,6 @@ for people to look at. Without Chromium the test skips (fails under IMGCLF_REQUI
 
 from __future__ import annotations
 
-import json
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -50,10 +48,8 @@ def test_runs_table_chart_view_and_compare_view_show_two_pipeline_runs(chromium:
     digest = first.data.tags["imgclf.data_md5"][:10]
 
     with mlflow_server(project.tracking_uri, tmp_path, project.env) as server:
-        views = mlflow_ui.take(chromium, server, exp_id, OUT, ["pipeline", "ui-lr3"])
-        ids = json.dumps([first.info.run_id, second.info.run_id])
-        query = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([exp_id])})
-        compare = mlflow_ui.page_text(chromium, f"{server}/#/compare-runs?{query}", "Run details", OUT / "compare.png")
+        ids = [first.info.run_id, second.info.run_id]
+        views = mlflow_ui.take(chromium, server, exp_id, OUT, ["pipeline", "ui-lr3"], compare=ids)
 
     # The runs table: both results, their data, the params that differ and the test metrics.
     assert "pipeline" in views.runs_table and "ui-lr3" in views.runs_table
@@ -69,4 +65,5 @@ def test_runs_table_chart_view_and_compare_view_show_two_pipeline_runs(chromium:
     for picture in ("runs.png", "charts.png", "compare.png"):
         assert (OUT / picture).stat().st_size > 20_000, picture
     # The compare view sets the two side by side with their differing param.
+    compare = views.compare
     assert "train.learning_rate" in compare and "0.003" in compare and "test_accuracy" in compare
