@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup system-deps run test lint format clean
+.PHONY: setup system-deps run test lint format clean exps
 
 setup: $(STAMP)
 
@@ -25,6 +25,12 @@ system-deps:
 
 test: $(STAMP) system-deps
 	python -m pytest
+
+# `dvc exp show` fit for a terminal: the test metrics, the best epoch and the params that differ
+# (no file hashes, no figures of the training set).
+EXPS_DROP := ^(models|reports|data)/|^(accuracy|loss|learning_rate|epochs_run|test_macro_precision|test_macro_recall)$$
+exps:
+	dvc exp show --only-changed --precision 4 --drop '$(EXPS_DROP)' $(EXPS_FLAGS)
 
 lint: $(STAMP)
 	ruff check .

@@ -25,7 +25,7 @@ import yaml
 from imgclf import tracking
 from imgclf.fileio import md5_file
 
-from .helpers import Project
+from .helpers import ROOT, Project
 
 pytestmark = pytest.mark.slow
 
@@ -143,6 +143,7 @@ def test_every_stage_is_in_mlflow_under_one_pipeline_run(template: Project):
     assert client.get_model_version_by_alias("image-classifier", "champion").version == version.version
     assert evaluate.data.tags["imgclf.promoted"] == "true"
     assert pipeline.data.tags["imgclf.promotion"] == evaluate.data.tags["imgclf.promotion"]
+    assert pipeline.data.tags["imgclf.promoted"] == "true"
     assert float(version.tags["imgclf.test_accuracy"]) == pytest.approx(metrics["test_accuracy"])
     local = Path(mlflow.artifacts.download_artifacts(run_id=train.info.run_id, artifact_path="model/model.h5"))
     assert md5_file(local) == md5_file(project.root / "models/model.h5")
@@ -374,6 +375,13 @@ def test_queued_experiments_in_parallel_all_land_in_the_main_store(project: Proj
     assert len(trains) == 2
     assert sorted(r.data.params["train.learning_rate"] for r in trains) == ["0.0005", "0.002"]
     assert not list((project.root / ".dvc" / "tmp").rglob("mlflow.db"))
+    # `make exps` (the README's `dvc exp show`): the test metrics, the best epoch, the param
+    # that differs, and not much else.
+    drop = re.search(r"^EXPS_DROP := (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).replace("$$", "$")
+    out = project.sh("dvc", "exp", "show", "--csv", "--only-changed", "--precision", "4", "--drop", drop).stdout
+    columns = out.splitlines()[0].split(",")
+    assert {"test_accuracy", "test_macro_f1", "best_epoch", "val_accuracy", "train.learning_rate"} <= set(columns)
+    assert len(columns) <= 16 and not any("/" in c or c.startswith("images") for c in columns), columns
 
 
 def test_dvc_push_and_pull_round_trip(project: Project, tmp_path: Path):

@@ -123,6 +123,7 @@ def recorder(
     with runs.open_run(stage, experiment_id, p.shaping(stage), continue_run) as run:
         rec = Recorder(p, run.info.run_id)
         datasets.log(run.info.run_id, inputs or [])
+        promotion: dict[str, str] = {}
         rec.seconds = time.perf_counter() - start
         yield rec
         with rec._timed():
@@ -142,10 +143,11 @@ def recorder(
         pipeline_id = lineage.record_pipeline(
             experiment_id, run.info.run_id, p.shaping("pipeline"), _metrics(result.metrics), made_by
         )
-        if p.mlflow.register_model:
+        if promotion:
             import mlflow
 
-            mlflow.MlflowClient().set_tag(pipeline_id, TAG_PROMOTION, promotion[TAG_PROMOTION])
+            for key, value in promotion.items():
+                mlflow.MlflowClient().set_tag(pipeline_id, key, value)
         log.info("pipeline run %s", pipeline_id)
     if result is not None and result.summary:
         log.info("%s [run %s]", result.summary, run.info.run_id)
