@@ -37,18 +37,29 @@ def remote_url(root: Path = paths.ROOT) -> str | None:
 def folder_md5(folder: Path, root: Path = paths.ROOT) -> str:
     """DVC's MD5 of ``folder`` (as in ``dvc.lock``, without ``.dir``).
 
-    Inside the project, DVC's state cache answers for files it hashed already (``dvc repro``
+    Inside a DVC project, DVC's state cache answers for files it hashed already (``dvc repro``
     hashes a stage's dependencies before running it), so the images are not read again.
-    Falls back to an MD5 of every file if DVC cannot hash it.
+    Elsewhere DVC hashes them afresh; if DVC cannot, an MD5 of every file stands in.
     """
     try:
-        from dvc.repo import Repo
         from dvc_data.hashfile.build import build
 
-        with Repo(str(root)) as repo:
-            _, _, tree = build(
-                repo.cache.local, str(folder), repo.fs, "md5", state=repo.state, ignore=repo.dvcignore, dry_run=True
-            )
+        try:
+            from dvc.repo import Repo
+
+            with Repo(str(root)) as repo:
+                _, _, tree = build(
+                    repo.cache.local, str(folder), repo.fs, "md5", state=repo.state, ignore=repo.dvcignore, dry_run=True
+                )
+        except Exception:  # not a DVC project: no state, no .dvcignore
+            import tempfile
+
+            from dvc.fs import LocalFileSystem
+            from dvc_data.hashfile.db import HashFileDB
+
+            fs = LocalFileSystem()
+            with tempfile.TemporaryDirectory() as scratch:
+                _, _, tree = build(HashFileDB(fs, scratch), str(folder), fs, "md5", dry_run=True)
         return tree.hash_info.value.removesuffix(".dir")
     except Exception as err:
         log.debug("DVC could not hash %s (%s); hashing its files", folder, err)
