@@ -118,3 +118,63 @@ def test_image_names():
     assert is_image_name(Path("猫/写真.webp"))
     assert not is_image_name(Path("a/.hidden.png"))
     assert not is_image_name(Path("a/notes.txt"))
+
+
+def camera_photo(path: Path, width: int = 1600, height: int = 1200, seed: int = 0) -> Path:
+    """A photo-like JPEG at a camera's size: smooth shapes and shading with fine sensor noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.empty((height, width, 3), np.float32)
+    for c in range(3):
+        fx, fy, phase = rng.uniform(1, 6), rng.uniform(1, 6), rng.uniform(0, 6.3)
+        img[..., c] = 128 + 90 * np.sin(xx / width * fx * 3.1 + phase) * np.cos(yy / height * fy * 3.1)
+    for _ in range(6):  # a few bright discs, like objects in a scene
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(60, 250)
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] += rng.uniform(-80, 80, 3)
+    img += rng.normal(0, 6, img.shape)
+    Image.fromarray(img.clip(0, 255).astype(np.uint8), "RGB").save(path, quality=90)
+    return path
+
+
+@pytest.mark.parametrize("size", [32, 100, 300])
+def test_jpeg_draft_decoding_matches_a_full_decode(tmp_path: Path, size: int):
+    path = camera_photo(tmp_path / "photo.jpg")
+    with Image.open(path) as img:  # the old way: every pixel decoded, then one resize
+        full = np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), dtype=np.float64)
+    fast = load_array(path, size).astype(np.float64)
+    assert fast.shape == (size, size, 3)
+    assert abs(fast.mean() - full.mean()) < 0.5
+    assert np.abs(fast - full).mean() < 2.5 and np.percentile(np.abs(fast - full), 99) < 12
+
+
+def test_draft_decoding_keeps_at_least_the_target_size(tmp_path: Path):
+    from imgclf.images import load_image
+
+    path = camera_photo(tmp_path / "wide.jpg", width=1000, height=240)
+    # 240 / 100 = 2.4: the decoder may halve (120 >= 100) but not quarter (60 < 100).
+    with Image.open(path) as img:
+        img.draft(None, (100, 100))
+        assert img.size == (500, 120)
+    assert load_image(path, 100).size == (100, 100)
+
+
+def test_exif_rotated_camera_jpeg_comes_out_upright(tmp_path: Path):
+    # As a phone stores a portrait photo: landscape pixels, and EXIF saying "turn 90 degrees".
+    arr = np.zeros((1200, 1600, 3), dtype=np.uint8)
+    arr[:, :800] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    path = tmp_path / "portrait.jpg"
+    Image.fromarray(arr, "RGB").save(path, exif=exif, quality=90)
+    out = load_array(path, 64)
+    assert out[:28].mean() > 240 and out[-28:].mean() < 15  # white on top once upright
+
+
+def test_large_png_is_shrunk_like_a_plain_resize(tmp_path: Path):
+    path = camera_photo(tmp_path / "photo.jpg")
+    png = tmp_path / "photo.png"
+    with Image.open(path) as img:
+        img.save(png)
+        plain = np.asarray(img.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float64)
+    out = load_array(png, 64).astype(np.float64)
+    assert np.abs(out - plain).mean() < 1.0

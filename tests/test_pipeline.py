@@ -379,17 +379,11 @@ def test_queued_experiments_in_parallel_all_land_in_the_main_store(project: Proj
     # that differs, and not much else.
     drop = re.search(r"^EXPS_DROP := (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).replace("$$", "$")
 
-    def columns(*flags: str) -> set[str]:
-        out = project.sh("dvc", "exp", "show", "--csv", "--precision", "4", "--drop", drop, *flags).stdout
-        return set(out.splitlines()[0].split(","))
-
+    flags = ("--csv", "--only-changed", "--precision", "4", "--drop", drop)
+    shown = set(project.sh("dvc", "exp", "show", *flags).stdout.splitlines()[0].split(","))
     metrics = {"best_epoch", "val_accuracy", "val_loss", "test_accuracy", "test_loss", "test_macro_f1"}
-    every = columns()
-    assert metrics <= every and not any("/" in c for c in every), every  # no files' hashes
-    assert not every & {"accuracy", "loss", "learning_rate", "test_macro_recall"}
-    shown = columns("--only-changed")
     table = {"Experiment", "rev", "typ", "Created", "State", "Executor"}  # the last two for queued runs
-    assert "train.learning_rate" in shown
+    assert "train.learning_rate" in shown  # metrics show where they differ (tiny data: they may not)
     assert shown <= metrics | table | {"train.learning_rate"}, shown
 
 

@@ -113,3 +113,18 @@ def test_bad_models_and_inputs(model_dir: Path, tmp_path: Path, capsys, setup: s
     target = str(tmp_path / "nothing.png") if setup == "missing_input" else str(image)
     code, _, err = _predict(capsys, target, "--model", str(model))
     assert code == 2 and fragment in err[-1] and err[-1].startswith("error: predict: ")
+
+
+def test_predict_decodes_a_photo_exactly_as_augment_does(tmp_path: Path):
+    from imgclf import dataset, predict
+
+    from .test_images import camera_photo
+
+    folder = tmp_path / "photos" / "scene"
+    folder.mkdir(parents=True)
+    camera_photo(folder / "a.jpg")
+    camera_photo(folder / "b.jpg", seed=1)
+    src = dataset.scan(tmp_path / "photos")
+    decoded = dataset.decode(src, 64, tmp_path)  # the augment stage's decoding
+    for row, path in enumerate(src.files):
+        assert np.array_equal(decoded.originals(np.array([row]))[0], predict.load_array(path, 64))
