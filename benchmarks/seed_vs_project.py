@@ -516,7 +516,7 @@ def main() -> None:
 
 def run_metrics(w: Path, stage: str) -> dict:
     """The final metrics of the latest MLflow run of ``stage`` in the benchmark's store: the
-    timings the stages log there (``augment_seconds``, ``train_seconds``, ``mlflow_seconds``)."""
+    timings the stages log there (``timing/augment_seconds``, ... ; returned without ``timing/``)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{w / 'mlflow.db'}")

@@ -22,14 +22,21 @@ log = logging.getLogger(__name__)
 
 
 def remote_url(root: Path = paths.ROOT) -> str | None:
-    """The URL of the project's default DVC remote (``dvc remote add -d``), or None."""
-    try:
-        from dvc.config import Config
+    """The URL of the project's default DVC remote (``dvc remote add -d``), or None.
 
-        config = Config(dvc_dir=str(root / ".dvc"))
-        name = config["core"].get("remote")
-        return config["remote"][name]["url"] if name else None
-    except Exception as err:  # a broken DVC config is DVC's to report, not ours
+    Read from DVC's config files as DVC layers them (global, then the project's ``config``,
+    then its ``config.local``) without importing DVC, which takes a third of a second.
+    """
+    import configparser
+    import os
+
+    config = configparser.ConfigParser(interpolation=None, strict=False)
+    home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    try:
+        config.read([home / "dvc" / "config", root / ".dvc" / "config", root / ".dvc" / "config.local"])
+        name = config.get("core", "remote", fallback=None)
+        return config.get(f"'remote \"{name}\"'", "url", fallback=None) if name else None
+    except configparser.Error as err:  # a broken DVC config is DVC's to report, not ours
         log.debug("no DVC remote: %s", err)
         return None
 

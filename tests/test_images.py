@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,14 @@ def test_image_names():
 
 def camera_photo(path: Path, width: int = 1600, height: int = 1200, seed: int = 0) -> Path:
     """A photo-like JPEG at a camera's size: smooth shapes and shading with fine sensor noise."""
+    path.write_bytes(_camera_jpeg(width, height, seed))
+    return path
+
+
+@functools.cache
+def _camera_jpeg(width: int, height: int, seed: int) -> bytes:
+    import io
+
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     img = np.empty((height, width, 3), np.float32)
@@ -132,8 +141,9 @@ def camera_photo(path: Path, width: int = 1600, height: int = 1200, seed: int = 
         cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(60, 250)
         img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] += rng.uniform(-80, 80, 3)
     img += rng.normal(0, 6, img.shape)
-    Image.fromarray(img.clip(0, 255).astype(np.uint8), "RGB").save(path, quality=90)
-    return path
+    buf = io.BytesIO()
+    Image.fromarray(img.clip(0, 255).astype(np.uint8), "RGB").save(buf, "JPEG", quality=90)
+    return buf.getvalue()
 
 
 @pytest.mark.parametrize("size", [32, 100, 300])

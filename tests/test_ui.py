@@ -39,7 +39,7 @@ def test_runs_table_chart_view_and_compare_view_show_two_pipeline_runs(chromium:
     # A second pipeline result with other params, as a user's experiment from the first results makes.
     project.sh("git", "add", "-A")
     project.sh("git", "commit", "-qm", "first results")
-    project.sh("dvc", "exp", "run", "--temp", "-S", "train.learning_rate=0.003", "-n", "ui-lr3")
+    project.sh("dvc", "exp", "run", "-S", "train.learning_rate=0.003", "-n", "ui-lr3")
     (first,) = project.runs("pipeline")  # the first repro's
     (second,) = project.runs("ui-lr3")
     assert first.data.tags.get("imgclf.stage") == second.data.tags.get("imgclf.stage") == "pipeline"
