@@ -25,19 +25,22 @@ from imgclf.result import StageResult
 def run() -> None:
     p = load(paths.PARAMS)
     src = dataset.scan(paths.resolve(p.data.source), p.data.labels)
-    with tracking.recorder("augment", p, inputs=[source_input(src.root, src.labels, src.y, len(src.ignored))]) as rec:
-        rec.record(augment(p, src))
+    # The workers are forked first, while this process has one thread: the recorder starts the
+    # system-metrics thread, after which they would have to be spawned (seconds of imports).
+    with (
+        worker_pool(p.augment.workers or default_workers()) as imap,
+        tracking.recorder("augment", p, inputs=[source_input(src.root, src.labels, src.y, len(src.ignored))]) as rec,
+    ):
+        rec.record(augment(p, src, imap))
 
 
-def augment(p: Params, src: dataset.Source) -> StageResult:
-    """Decode, split, augment; write ``data/prepared`` and the reports; return what was made."""
+def augment(p: Params, src: dataset.Source, imap=map) -> StageResult:
+    """Decode, split, augment (over ``imap``, see :func:`~imgclf.pool.worker_pool`); write
+    ``data/prepared`` and the reports; return what was made."""
     started = time.perf_counter()
     progress = sys.stderr.isatty()
     paths.PREPARED_DIR.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        worker_pool(p.augment.workers or default_workers()) as imap,
-        tempfile.TemporaryDirectory(prefix=".augment-scratch-", dir=paths.PREPARED_DIR.parent) as scratch,
-    ):
+    with tempfile.TemporaryDirectory(prefix=".augment-scratch-", dir=paths.PREPARED_DIR.parent) as scratch:
         decoded = dataset.decode(
             src, p.data.image_size, Path(scratch), p.data.on_bad_image, imap=imap, progress=progress
         )
