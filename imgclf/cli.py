@@ -139,7 +139,6 @@ def start_tensorflow_quietly() -> None:
     on every line of it but the start-up chatter (:data:`_STARTUP_CHATTER`). Call it before any
     other TensorFlow work: listing physical devices leaves them, and a multi-worker strategy,
     still to be set up."""
-    import sys
     import tempfile
 
     sys.stderr.flush()

@@ -84,48 +84,47 @@ def _relative(folder: Path) -> str:
         return str(folder.resolve())
 
 
+def _data_input(
+    name: str, context: str, md5: str, location: str, folder: Path, labels: list[str], y, **facts
+) -> DataInput:
+    """A :class:`DataInput` whose profile counts the images per class of ``y`` (class indices)."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=len(labels))
+    profile = {"path": _relative(folder), "md5": md5, "images": int(counts.sum()), **facts}
+    profile["images_per_class"] = dict(zip(labels, map(int, counts)))
+    return DataInput(name=name, context=context, digest=md5, location=location, profile=profile)
+
+
 def source_input(root: Path, labels: list[str], y: list[int], ignored_files: int) -> DataInput:
     """The folder of class folders that augment reads (``root``), whose image files have the
     class indices ``y``. (Not a :class:`~imgclf.dataset.Source`: train and evaluate import this
     module, and must not depend on the decoding code.)"""
-    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=len(labels))
-    md5 = folder_md5(root)
-    return DataInput(
-        name=root.name,
-        context="source",
-        digest=md5,
-        location=_location(root),
-        profile={
-            "path": _relative(root),
-            "md5": md5,
-            "images": int(counts.sum()),
-            "classes": len(labels),
-            "images_per_class": dict(zip(labels, map(int, counts))),
-            "ignored_files": ignored_files,
-        },
+    return _data_input(
+        root.name,
+        "source",
+        folder_md5(root),
+        _location(root),
+        root,
+        labels,
+        y,
+        classes=len(labels),
+        ignored_files=ignored_files,
     )
 
 
 def split_inputs(folder: Path, data: Prepared, splits: tuple[str, ...], source_name: str) -> list[DataInput]:
     """The ``splits`` of the prepared arrays in ``folder``, named ``<source_name>/<split>``."""
-    md5 = fingerprint(folder)
-    out = []
-    for split in splits:
-        counts = np.bincount(data.y[split].astype(np.int64), minlength=len(data.labels))
-        out.append(
-            DataInput(
-                name=f"{source_name}/{split}",
-                context=split,
-                digest=md5,
-                location=_location(folder),
-                profile={
-                    "path": _relative(folder),
-                    "md5": md5,
-                    "images": int(counts.sum()),
-                    "shape": list(data.x[split].shape),
-                    "dtype": str(data.x[split].dtype),
-                    "images_per_class": dict(zip(data.labels, map(int, counts))),
-                },
-            )
+    md5, location = fingerprint(folder), _location(folder)
+    return [
+        _data_input(
+            f"{source_name}/{split}",
+            split,
+            md5,
+            location,
+            folder,
+            data.labels,
+            data.y[split],
+            shape=list(data.x[split].shape),
+            dtype=str(data.x[split].dtype),
         )
-    return out
+        for split in splits
+    ]
