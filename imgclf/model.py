@@ -41,6 +41,7 @@ def build_model(image_size: int, n_classes: int, p: TrainParams):
 
 
 def make_optimizer(name: str, learning_rate: float):
+    """Keras's optimizer ``name``; Adam and AdamW make each update in one fused kernel."""
     import keras
 
     classes = {
@@ -49,7 +50,55 @@ def make_optimizer(name: str, learning_rate: float):
         "sgd": keras.optimizers.SGD,
         "rmsprop": keras.optimizers.RMSprop,
     }
-    return classes[name](learning_rate=learning_rate)
+    optimizer = classes[name](learning_rate=learning_rate)
+    if name in ("adam", "adamw") and keras.backend.backend() == "tensorflow":
+        fuse_adam(optimizer)
+    return optimizer
+
+
+def fuse_adam(optimizer) -> None:
+    """Make ``optimizer`` (a Keras Adam or AdamW) update each variable with TensorFlow's fused
+    ``ResourceApplyAdam`` kernel.
+
+    Keras's Adam updates a variable with about a dozen separate element-wise ops, each a pass
+    over memory; on a CPU, for the seed's 6-17 million-weight dense layer, that took as long as
+    all the convolutions together (see the README's speed section). The fused kernel computes
+    the same formula in one pass. Only the method changes: the optimizer's class, config,
+    variables and checkpoints stay Keras's own, so saved models load without this code. AdamW's
+    weight decay is applied by Keras before the update, as before; AMSGrad and sparse gradients
+    keep Keras's own update.
+    """
+    import types
+
+    import keras
+    import tensorflow as tf
+
+    keras_update = optimizer.update_step
+
+    def handle(variable):
+        return (variable.value if isinstance(variable, keras.Variable) else variable).handle
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
+            return keras_update(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        index = self._get_variable_index(variable)
+        step = tf.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        tf.raw_ops.ResourceApplyAdam(
+            var=handle(variable),
+            m=handle(self._momentums[index]),
+            v=handle(self._velocities[index]),
+            beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step),
+            lr=tf.cast(learning_rate, dtype),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, dtype),
+            grad=tf.cast(gradient, dtype),
+        )
+
+    optimizer.update_step = types.MethodType(update_step, optimizer)
 
 
 def load_model(path: Path):

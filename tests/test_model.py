@@ -109,3 +109,33 @@ def test_tf_config_is_checked_and_names_the_chief(monkeypatch: pytest.MonkeyPatc
         monkeypatch.setenv("TF_CONFIG", bad)
         with pytest.raises(PipelineError, match=fragment):
             tf_config()
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_fused_adam_makes_keras_own_updates(name: str):
+    import tensorflow as tf
+
+    from imgclf.model import make_optimizer
+
+    rng = np.random.default_rng(3)
+    start = [rng.normal(size=(40, 7)).astype("float32"), rng.normal(size=(7,)).astype("float32")]
+    grads = [[rng.normal(size=w.shape).astype("float32") for w in start] for _ in range(6)]
+
+    def run(optimizer):
+        weights = [keras.Variable(w) for w in start]
+        apply = tf.function(lambda g: optimizer.apply(g, weights))
+        for g in grads:
+            apply([tf.constant(x) for x in g])
+        return [w.numpy() for w in weights], [v.numpy() for v in optimizer.variables[2:]]
+
+    plain = getattr(keras.optimizers, {"adam": "Adam", "adamw": "AdamW"}[name])(learning_rate=0.01)
+    fused = make_optimizer(name, 0.01)
+    assert type(fused) is type(plain)  # saved models name Keras's own class
+    config = {k: v for k, v in fused.get_config().items() if k != "name"}
+    assert config == {k: v for k, v in plain.get_config().items() if k != "name"}
+    (w_fused, slots_fused), (w_plain, slots_plain) = run(fused), run(plain)
+    for got, want, first in zip(w_fused, w_plain, start, strict=True):
+        assert np.abs(want - first).max() > 0.01  # the updates moved the weights
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # 1e-4 of one step: rounding only
+    for got, want in zip(slots_fused, slots_plain, strict=True):  # first and second moments
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # 1e-4 of one step: rounding only
