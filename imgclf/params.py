@@ -140,6 +140,56 @@ class MlflowParams(_Section):
     model_name: str = Field("image-classifier", min_length=1)
 
 
+# train params a study may not search: they set how training runs, not what it learns, or
+# (epochs, the monitor) are the study's own settings.
+NOT_SEARCHABLE = (
+    "train.strategy",
+    "train.resume",
+    "train.deterministic",
+    "train.mixed_precision",
+    "train.epochs",
+    "train.early_stopping.monitor",
+)
+
+
+class SpaceEntry(_Section):
+    """One searched param: a range (``low``, ``high``, optionally ``log`` or ``step``) or ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SpaceEntry:
+        ranged = self.low is not None or self.high is not None
+        if self.choices is not None:
+            if ranged or self.log or self.step is not None:
+                raise ValueError("takes either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices needs at least one value")
+        elif self.low is None or self.high is None:
+            raise ValueError("needs low and high, or choices")
+        elif self.low >= self.high:
+            raise ValueError(f"low {self.low} must be below high {self.high}")
+        elif self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log needs low above 0 and no step")
+        return self
+
+
+class TuneParams(_Section):
+    """The search of ``python -m stages.tune``: the space and how trials are judged and stopped.
+
+    It shapes no stage's output, so no stage lists it as a DVC param."""
+
+    epochs: int = Field(5, ge=1, description="each trial's epoch budget; the winner trains as long")
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: int = Field(3, ge=0, description="trials before pruning and TPE's model start")
+    stale_after: int = Field(120, ge=2, description="seconds without a heartbeat before a running trial counts as dead")
+    space: dict[str, SpaceEntry] = Field(default_factory=dict)
+
+
 class Params(_Section):
     base: BaseParams = Field(default_factory=BaseParams)
     data: DataParams = Field(default_factory=DataParams)
@@ -147,6 +197,22 @@ class Params(_Section):
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
+    tune: TuneParams = Field(default_factory=TuneParams)
+
+    @model_validator(mode="after")
+    def _space_is_searchable(self) -> Params:
+        train = flatten({"train": self.section("train")})
+        for key, entry in self.tune.space.items():
+            where = f"tune.space.{key}"
+            if key not in train:
+                raise ValueError(f"{where}: not a train param; the space holds train.* names, e.g. train.learning_rate")
+            if key in NOT_SEARCHABLE:
+                raise ValueError(f"{where}: cannot be searched (the study sets it, or it does not change the model)")
+            whole = isinstance(train[key], int) and not isinstance(train[key], bool)
+            ends = (entry.low, entry.high, entry.step or 1)
+            if whole and entry.choices is None and any(v != int(v) for v in ends):
+                raise ValueError(f"{where}: {key} is a whole number; give whole low, high and step")
+        return self
 
     @model_validator(mode="after")
     def _image_fits_architecture(self) -> Params:
@@ -177,6 +243,33 @@ class Params(_Section):
         """The params that shape ``stage`` (see :data:`STAGE_PARAMS`), flattened as DVC and
         MLflow name them: ``{"train.epochs": 5, ...}``."""
         return flatten({name: self.section(name) for name in STAGE_PARAMS[stage]})
+
+
+def check_space(p: Params, source: str = "params.yaml") -> None:
+    """Every value the space can give (its ends, its choices) is a valid param with the rest of
+    ``p``; checked by ``tune``, not by the stages, so a space that does not fit another image
+    size stops the search only, never ``dvc repro``."""
+    for key, entry in p.tune.space.items():
+        values = entry.choices if entry.choices is not None else [entry.low, entry.high]
+        for value in values:
+            try:
+                with_value(p, key, value)
+            except PipelineError as err:
+                reason = str(err).split(": ", 1)[-1]
+                raise PipelineError(f"{source}: tune.space.{key}: {value!r} is not a valid value ({reason})") from None
+
+
+def with_value(p: Params, key: str, value: Any) -> Params:
+    """``p`` with the dotted param ``key`` (e.g. ``train.learning_rate``) set to ``value``,
+    validated; a bad value raises :class:`PipelineError` naming the key."""
+    raw = p.model_dump(by_alias=True)
+    raw["tune"]["space"] = {}  # the space is checked with this function: not again for each value
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    return parse(raw, key)
 
 
 def feature_map_size(image_size: int, kernel_size: int, blocks: int) -> int:
