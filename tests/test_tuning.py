@@ -1,0 +1,127 @@
+"""The search's pieces without training: the space, a trial's params, the winner's command."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from imgclf.errors import PipelineError
+from imgclf.params import parse
+
+optuna = pytest.importorskip("optuna")
+
+from imgclf import tuning  # noqa: E402
+
+SPACE = {
+    "train.learning_rate": {"low": 0.0001, "high": 0.01, "log": True},
+    "train.batch_size": {"choices": [16, 32, 64]},
+    "train.conv_filters": {"choices": [[16, 32], [32, 64]]},
+    "train.dense_units": {"low": 64, "high": 256, "step": 64},
+    "train.lr_schedule": {"choices": ["constant", "cosine"]},
+}
+
+
+def _params(**tune):
+    return parse({"tune": {"epochs": 3, "space": SPACE, **tune}})
+
+
+def test_a_trial_gets_values_as_params_yaml_spells_them():
+    p = _params()
+    trial = optuna.trial.FixedTrial(
+        {
+            "train.learning_rate": 0.002,
+            "train.batch_size": 64,
+            "train.conv_filters": "[16, 32]",
+            "train.dense_units": 128,
+            "train.lr_schedule": "cosine",
+        }
+    )
+    values = tuning.suggest(trial, p)
+    assert values["train.conv_filters"] == [16, 32]  # a list choice comes back as a list
+    assert values["train.dense_units"] == 128 and isinstance(values["train.dense_units"], int)
+    tp = tuning.trial_params(p, values)
+    assert tp.train.conv_filters == [16, 32]
+    assert tp.train.learning_rate == 0.002 and tp.train.lr_schedule == "cosine"
+    assert tp.train.epochs == 3  # the study's budget, not params.yaml's
+    assert p.train.epochs == 5 and p.train.conv_filters == [32, 64]  # the base is untouched
+
+
+def test_the_first_trial_is_params_yaml_own_values_where_the_space_has_them():
+    # params.yaml's batch_size 32 and conv_filters [32, 64] are choices; dense_units 512 is out
+    # of its range, so the sampler picks it.
+    first = tuning.baseline(_params())
+    assert first == {
+        "train.learning_rate": 0.001,
+        "train.batch_size": 32,
+        "train.conv_filters": "[32, 64]",
+        "train.lr_schedule": "constant",
+    }
+
+
+def test_enqueue_reads_lists_and_names_bad_keys():
+    p = _params()
+    got = tuning.parse_enqueue("train.conv_filters=[32,64], train.learning_rate=5e-3", p)
+    assert got == {"train.conv_filters": "[32, 64]", "train.learning_rate": 0.005}
+    with pytest.raises(PipelineError, match="train.epochs=3.*one of tune.space: train.learning_rate"):
+        tuning.parse_enqueue("train.epochs=3", p)
+
+
+def test_winner_command_sets_every_searched_param_and_the_epochs():
+    p = _params()
+    study = optuna.create_study(study_name="s", direction="minimize")
+    dists = {
+        "train.learning_rate": optuna.distributions.FloatDistribution(0.0001, 0.01, log=True),
+        "train.conv_filters": optuna.distributions.CategoricalDistribution(["[16, 32]", "[32, 64]"]),
+    }
+    for value, lr in ((0.5, 0.001), (0.25, 0.0031622776601683794), (0.75, 0.002)):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"train.learning_rate": lr, "train.conv_filters": "[16, 32]"}, distributions=dists, value=value
+            )
+        )
+    cmd = tuning.winner_command(p, study)
+    assert cmd[:5] == ["dvc", "exp", "run", "-n", "s-trial-1"]
+    sets = [cmd[i + 1] for i, part in enumerate(cmd) if part == "-S"]
+    assert sets == ["train.learning_rate=0.0031622776601683794", "train.conv_filters=[16,32]", "train.epochs=3"]
+    assert shlex.split(shlex.join(cmd)) == cmd  # printed as a shell line, it reads back the same
+
+
+@pytest.mark.parametrize(
+    "space, fragment",
+    [
+        ({"train.foo": {"low": 1, "high": 2}}, "tune.space.train.foo: not a train param"),
+        ({"train.epochs": {"choices": [1, 2]}}, "tune.space.train.epochs: cannot be searched"),
+        ({"data.image_size": {"choices": [16]}}, "tune.space.data.image_size: not a train param"),
+        ({"train.learning_rate": {"low": 0.01, "high": 0.001}}, "low 0.01 must be below high 0.001"),
+        ({"train.learning_rate": {"low": 0.0, "high": 0.1, "log": True}}, "log needs low above 0"),
+        ({"train.batch_size": {"low": 8, "high": 64.5}}, "is a whole number"),
+        ({"train.dropout_conv": {"choices": [0.1], "low": 0.0}}, "either choices or low/high"),
+    ],
+)
+def test_a_bad_space_names_the_entry(space: dict, fragment: str):
+    with pytest.raises(PipelineError, match="^params.yaml: .*" + fragment.replace("[", r"\[").replace("(", r"\(")):
+        parse({"tune": {"space": space}}, "params.yaml")
+
+
+@pytest.mark.parametrize(
+    "space, fragment",
+    [
+        ({"train.optimizer": {"choices": ["adam", "lion"]}}, "tune.space.train.optimizer: 'lion' is not a valid value"),
+        ({"train.conv_filters": {"choices": [[8, 8], [16, 32, 64, 64, 64]]}}, "too small for 5 conv blocks"),
+        ({"train.learning_rate": {"low": 0.001, "high": 20}}, "less than or equal to 10"),
+    ],
+)
+def test_tune_checks_every_value_the_space_can_give(space: dict, fragment: str):
+    from imgclf.params import check_space
+
+    p = parse({"tune": {"space": space}})  # the stages accept it: it fits the params' shape
+    with pytest.raises(PipelineError, match="^params.yaml: .*" + fragment):
+        check_space(p)
+
+
+def test_storage_defaults_to_the_main_repository_and_takes_postgres_urls(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert tuning.storage_url(None) == f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert tuning.storage_url("postgresql://u@h:5/db") == "postgresql+psycopg://u@h:5/db"
+    assert tuning.storage_url("sqlite:///x.db") == "sqlite:///x.db"
