@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from imgclf import dataset
 from imgclf.dataset import CHUNK, Decoded
 from imgclf.fileio import atomic_dir, pwrite_all
 from imgclf.prepared import LABELS_FILE, SPLITS, write_labels, write_manifest
@@ -145,3 +146,32 @@ def write_prepared(
             {"x_train.npy": f"md5 of its header and of the sha1 of each {CHUNK}-image chunk"},
         )
     return sizes
+
+
+def prepare(p, src: dataset.Source, out_dir: Path, imap: Callable = map, progress: bool = False):
+    """Decode ``src``, split it and write the augmented arrays of ``p`` (a
+    :class:`~imgclf.params.Params`) into ``out_dir``; return (images per split, the originals'
+    labels, the skipped files). The augment stage and ``tune`` (for a trial's augment params)
+    both prepare data this way, so equal params give equal arrays."""
+    import tempfile
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".augment-scratch-", dir=out_dir.parent) as scratch:
+        decoded = dataset.decode(
+            src, p.data.image_size, Path(scratch), p.data.on_bad_image, imap=imap, progress=progress
+        )
+        splits = dataset.split_indices(decoded.y, p.data.test_size, p.data.val_size, p.base.seed, src.labels)
+        sizes = write_prepared(
+            out_dir,
+            decoded,
+            splits,
+            src.labels,
+            p.augment.angles,
+            p.augment.flip,
+            imap=imap,
+            progress=progress,
+            resample=p.augment.resample,
+        )
+        y, skipped = decoded.y, decoded.skipped
+        del decoded  # unmap the scratch file before its folder goes
+    return sizes, y, skipped

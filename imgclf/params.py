@@ -140,7 +140,7 @@ class MlflowParams(_Section):
     model_name: str = Field("image-classifier", min_length=1)
 
 
-# train params a study may not search: they set how training runs, not what it learns, or
+# train and augment params a study may not search: they set how training runs, not what it learns, or
 # (epochs, the monitor) are the study's own settings.
 NOT_SEARCHABLE = (
     "train.strategy",
@@ -149,6 +149,7 @@ NOT_SEARCHABLE = (
     "train.mixed_precision",
     "train.epochs",
     "train.early_stopping.monitor",
+    "augment.workers",
 )
 
 
@@ -201,11 +202,13 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _space_is_searchable(self) -> Params:
-        train = flatten({"train": self.section("train")})
+        train = searchable(self)
         for key, entry in self.tune.space.items():
             where = f"tune.space.{key}"
             if key not in train:
-                raise ValueError(f"{where}: not a train param; the space holds train.* names, e.g. train.learning_rate")
+                raise ValueError(
+                    f"{where}: not a train or augment param; the space holds their names, e.g. train.learning_rate"
+                )
             if key in NOT_SEARCHABLE:
                 raise ValueError(f"{where}: cannot be searched (the study sets it, or it does not change the model)")
             whole = isinstance(train[key], int) and not isinstance(train[key], bool)
@@ -243,6 +246,11 @@ class Params(_Section):
         """The params that shape ``stage`` (see :data:`STAGE_PARAMS`), flattened as DVC and
         MLflow name them: ``{"train.epochs": 5, ...}``."""
         return flatten({name: self.section(name) for name in STAGE_PARAMS[stage]})
+
+
+def searchable(p: Params) -> dict[str, Any]:
+    """The params a study may name, with their values in ``p``: train's and augment's."""
+    return flatten({"train": p.section("train"), "augment": p.section("augment")})
 
 
 def check_space(p: Params, source: str = "params.yaml") -> None:

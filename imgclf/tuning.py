@@ -3,8 +3,10 @@ every trial under one study run, and the winner becomes a ``dvc exp run`` comman
 
 A trial is exactly the train stage's training (:func:`imgclf.training.train`) on the prepared
 arrays, with the trial's params and ``tune.epochs`` epochs, judged by the stage's own monitor
-(``train.early_stopping.monitor``) at its best epoch. So the winner's ``dvc exp run``, which
-trains the same way on the same arrays with the same seed, reproduces the trial's figures.
+(``train.early_stopping.monitor``) at its best epoch. A trial with other augment params than
+params.yaml's trains on arrays prepared for them as the stage would (:func:`trial_data`). So the
+winner's ``dvc exp run``, which prepares and trains the same way with the same seed, reproduces
+the trial's figures.
 
 The study lives in an Optuna storage: by default ``optuna.db`` beside the MLflow store at the
 main repository (``DVC_ROOT``), or any SQLAlchemy URL (``postgresql://...`` for several
@@ -33,7 +35,7 @@ from typing import Any
 
 from imgclf import paths
 from imgclf.errors import PipelineError
-from imgclf.params import Params, SpaceEntry, check_space, flatten, parse
+from imgclf.params import Params, SpaceEntry, check_space, parse, searchable
 
 log = logging.getLogger("tune")
 
@@ -75,7 +77,7 @@ def _decode(value: Any, entry: SpaceEntry) -> Any:
 
 
 def _is_int(p: Params, key: str) -> bool:
-    value = flatten({"train": p.section("train")})[key]
+    value = searchable(p)[key]
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -108,7 +110,7 @@ def trial_params(p: Params, values: dict[str, Any]) -> Params:
 def baseline(p: Params) -> dict[str, Any]:
     """params.yaml's own values for the searched params that lie in the space (Optuna's names,
     encoded): the study's first trial, so its best is measured against them."""
-    current = flatten({"train": p.section("train")})
+    current = searchable(p)
     out = {}
     for key, e in p.tune.space.items():
         value = current[key]
@@ -273,6 +275,30 @@ def counts(study) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------
 
 
+def trial_data(p: Params, tp: Params, data):
+    """The prepared arrays for trial params ``tp``: ``data`` (the augment stage's) when its augment
+    params are params.yaml's, else arrays prepared for them once and kept in a cache at the main
+    repository (``.imgclf/tune/``), keyed by those params and the stage's data."""
+    import hashlib
+
+    from imgclf import dataset
+    from imgclf.augmentation import prepare
+    from imgclf.pool import default_workers, worker_pool
+    from imgclf.prepared import MANIFEST_FILE, fingerprint, load_prepared
+
+    if tp.section("augment") == p.section("augment"):
+        return data
+    key = {"augment": tp.shaping("augment"), "prepared": fingerprint(paths.PREPARED_DIR)}
+    digest = hashlib.md5(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    folder = paths.store_root() / ".imgclf" / "tune" / f"prepared-{digest}"
+    if not (folder / MANIFEST_FILE).is_file():
+        log.info("preparing the data for augment params %s in %s", tp.section("augment"), folder)
+        src = dataset.scan(paths.resolve(tp.data.source), tp.data.labels)
+        with worker_pool(tp.augment.workers or default_workers()) as imap:
+            prepare(tp, src, folder, imap=imap)
+    return load_prepared(folder)
+
+
 def make_objective(p: Params, data, study_run_id: str, worker: str):
     """The objective: train with the trial's params, report the monitor every epoch, prune."""
     import optuna
@@ -300,7 +326,7 @@ def make_objective(p: Params, data, study_run_id: str, worker: str):
 
         state, status, metrics = "FAIL", "FAILED", {}
         try:
-            trained = train(tp, data, on_epoch=on_epoch)
+            trained = train(tp, trial_data(p, tp, data), on_epoch=on_epoch)
             value = float(trained.best[monitor])
             metrics = {f"best/{k}": v for k, v in trained.best.items() if k != "epoch"}
             metrics["best_epoch"] = trained.best_epoch

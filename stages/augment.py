@@ -7,12 +7,10 @@ copies of one photo never land on both sides of the split.
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from imgclf import dataset, paths, tracking
-from imgclf.augmentation import write_prepared
+from imgclf.augmentation import prepare
 from imgclf.cli import main
 from imgclf.fileio import write_json, write_text
 from imgclf.inputs import source_input
@@ -38,26 +36,7 @@ def augment(p: Params, src: dataset.Source, imap=map) -> StageResult:
     """Decode, split, augment (over ``imap``, see :func:`~imgclf.pool.worker_pool`); write
     ``data/prepared`` and the reports; return what was made."""
     started = time.perf_counter()
-    progress = sys.stderr.isatty()
-    paths.PREPARED_DIR.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".augment-scratch-", dir=paths.PREPARED_DIR.parent) as scratch:
-        decoded = dataset.decode(
-            src, p.data.image_size, Path(scratch), p.data.on_bad_image, imap=imap, progress=progress
-        )
-        splits = dataset.split_indices(decoded.y, p.data.test_size, p.data.val_size, p.base.seed, src.labels)
-        sizes = write_prepared(
-            paths.PREPARED_DIR,
-            decoded,
-            splits,
-            src.labels,
-            p.augment.angles,
-            p.augment.flip,
-            imap=imap,
-            progress=progress,
-            resample=p.augment.resample,
-        )
-        y, skipped = decoded.y, decoded.skipped
-        del decoded  # unmap the scratch file before its folder goes
+    sizes, y, skipped = prepare(p, src, paths.PREPARED_DIR, imap=imap, progress=sys.stderr.isatty())
     per_class = {label: int((y == k).sum()) for k, label in enumerate(src.labels)}
     report = {
         "classes": len(src.labels),

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
 import yaml
 
@@ -46,8 +47,10 @@ def _children(p: Project, study_run) -> list:
 
 def test_trials_nest_in_mlflow_a_bad_one_is_pruned_and_the_winner_reproduces(project: Project):
     p = project
-    _set_tune(p)
-    out = p.sh("python", "-m", "stages.tune", "--trials", "3", "--enqueue", BAD, "--apply")
+    _set_tune(p, space={**TUNE["space"], "augment.flip": {"choices": [True, False]}})
+    out = p.sh(
+        "python", "-m", "stages.tune", "--trials", "3", "--enqueue", BAD, "--enqueue", "augment.flip=false", "--apply"
+    )
     study = _study(p)
     states = {t.number: t.state.name for t in study.trials}
     # Trial 0 is params.yaml's own values; trial 1 the enqueued bad one, pruned after its
@@ -57,6 +60,11 @@ def test_trials_nest_in_mlflow_a_bad_one_is_pruned_and_the_winner_reproduces(pro
     assert states[0] == "COMPLETE" and states[1] == "PRUNED"
     assert len(study.trials[1].intermediate_values) == 1
     assert sum(s in ("COMPLETE", "PRUNED") for s in states.values()) == 3
+    # Trial 2 is unflipped: its arrays were prepared for it (half the copies), the stage's kept.
+    assert study.trials[2].params["augment.flip"] is False
+    (cached,) = (p.root / ".imgclf" / "tune").glob("prepared-*/y_train.npy")
+    stage_rows = len(np.load(p.root / "data/prepared/y_train.npy"))
+    assert len(np.load(cached)) * 2 == stage_rows
 
     # MLflow: one study run, every trial nested under it with its state.
     (study_run,) = p.runs("tune-tune")
