@@ -108,7 +108,7 @@ def _wait_for(cond, timeout: float, what: str) -> None:
 
 def test_a_killed_study_of_two_processes_resumes_and_finishes(project: Project):
     p = project
-    _set_tune(p, pruner="none")
+    _set_tune(p, pruner="none", epochs=1)
     db = p.root / "optuna.db"
 
     def both_working() -> bool:
@@ -124,7 +124,7 @@ def test_a_killed_study_of_two_processes_resumes_and_finishes(project: Project):
         return "COMPLETE" in states and "RUNNING" in states and len(workers) == 2
 
     proc = subprocess.Popen(
-        ["python", "-m", "stages.tune", "--trials", "8", "--jobs", "2"],
+        ["python", "-m", "stages.tune", "--trials", "5", "--jobs", "2"],
         cwd=p.root,
         env=p.env,
         stdout=subprocess.DEVNULL,
@@ -145,18 +145,18 @@ def test_a_killed_study_of_two_processes_resumes_and_finishes(project: Project):
     running = [t.number for t in before if t.state.name == "RUNNING"]
     assert running, "the kill left trials running"
 
-    again = p.sh("python", "-m", "stages.tune", "--trials", "8", "--resume")
+    again = p.sh("python", "-m", "stages.tune", "--trials", "5", "--resume")
     study = _study(p)
     states = [t.state.name for t in study.trials]
-    assert states.count("COMPLETE") == 8
+    assert states.count("COMPLETE") == 5
     assert all(study.trials[n].state.name == "FAIL" for n in running)  # stale: failed, then retried
-    assert "study tune: 8 complete" in again.stdout
+    assert "study tune: 5 complete" in again.stdout
     (resumed,) = p.runs("tune-tune")
     assert resumed.info.run_id == study_run.info.run_id and resumed.info.status == "FINISHED"
     children = {r.data.tags["imgclf.trial"]: r for r in _children(p, resumed)}
     for n in running:
         assert children[str(n)].info.status == "KILLED"
-    assert resumed.data.metrics["trials_complete"] == 8
+    assert resumed.data.metrics["trials_complete"] == 5
 
 
 def test_tune_refuses_a_resume_of_nothing(project: Project):

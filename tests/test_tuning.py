@@ -90,9 +90,9 @@ def test_winner_command_sets_every_searched_param_and_the_epochs():
 @pytest.mark.parametrize(
     "space, fragment",
     [
-        ({"train.foo": {"low": 1, "high": 2}}, "tune.space.train.foo: not a train param"),
+        ({"train.foo": {"low": 1, "high": 2}}, "tune.space.train.foo: not a train or augment param"),
         ({"train.epochs": {"choices": [1, 2]}}, "tune.space.train.epochs: cannot be searched"),
-        ({"data.image_size": {"choices": [16]}}, "tune.space.data.image_size: not a train param"),
+        ({"data.image_size": {"choices": [16]}}, "tune.space.data.image_size: not a train or augment param"),
         ({"train.learning_rate": {"low": 0.01, "high": 0.001}}, "low 0.01 must be below high 0.001"),
         ({"train.learning_rate": {"low": 0.0, "high": 0.1, "log": True}}, "log needs low above 0"),
         ({"train.batch_size": {"low": 8, "high": 64.5}}, "is a whole number"),
