@@ -171,6 +171,16 @@ def storage_url(url: str | None) -> str:
     return url
 
 
+def shown(url: str) -> str:
+    """``url`` fit to print and log: its password, if any, masked."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: the storage will say so
+        return url
+
+
 def _quiet_optuna() -> None:
     import optuna
 
@@ -205,7 +215,7 @@ def open_storage(url: str, stale_after: int):
         )
     except Exception as err:  # a bad URL, a missing driver, no server: many types
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise PipelineError(f"cannot open the study storage {url}: {first} (fix --storage)") from None
+        raise PipelineError(f"cannot open the study storage {shown(url)}: {first} (fix --storage)") from None
 
 
 def _settings(p: Params) -> dict[str, Any]:
@@ -222,7 +232,7 @@ def open_study(p: Params, o: Options, storage):
     import optuna
 
     names = optuna.study.get_all_study_names(storage)
-    where = storage_url(o.storage)
+    where = shown(storage_url(o.storage))
     if o.study in names and not o.resume:
         raise PipelineError(f"study {o.study!r} exists in {where}: --resume continues it, --study NAME starts another")
     if o.study not in names and o.resume:
@@ -481,7 +491,7 @@ def run(p: Params, o: Options) -> None:
         settings = {f"tune.{k}": v for k, v in p.section("tune").items() if k != "space"}
         settings.update({f"tune.space.{k}": v for k, v in _settings(p)["space"].items()})
         fixed = {k: v for k, v in p.shaping("pipeline").items() if k not in p.tune.space and k != "train.epochs"}
-        params = {**settings, "tune.monitor": p.train.early_stopping.monitor, "tune.storage": url, **fixed}
+        params = {**settings, "tune.monitor": p.train.early_stopping.monitor, "tune.storage": shown(url), **fixed}
         run_id = tracked.open_study_run(p.mlflow.experiment, o.study, params, run_id)
         study.set_user_attr(ATTR_RUN, run_id)
     elif not run_id:
@@ -501,8 +511,8 @@ def run(p: Params, o: Options) -> None:
             tags[tracked.TAG_COMMAND] = shlex.join(winner_command(p, study))
         tracked.update_study(run_id, metrics, tags, step=trial.number)
 
-    # The other processes start before this one imports TensorFlow: forked while it has no
-    # threads, and at work as soon as it is.
+    # The other processes start before this one imports TensorFlow, so all of them import it
+    # at once and start work together.
     procs = _spawn_workers(o) if o.worker == 0 and o.jobs > 1 else []
     start_tensorflow_quietly()
     status = "FAILED"
@@ -513,7 +523,7 @@ def run(p: Params, o: Options) -> None:
                 o.study,
                 finished,
                 o.trials,
-                url,
+                shown(url),
                 run_id,
             )
             study.optimize(

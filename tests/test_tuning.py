@@ -125,3 +125,10 @@ def test_storage_defaults_to_the_main_repository_and_takes_postgres_urls(monkeyp
     assert tuning.storage_url(None) == f"sqlite:///{tmp_path / 'optuna.db'}"
     assert tuning.storage_url("postgresql://u@h:5/db") == "postgresql+psycopg://u@h:5/db"
     assert tuning.storage_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_a_storage_password_is_never_shown():
+    assert (
+        tuning.shown("postgresql+psycopg://ann:s3cret@db:5432/optuna") == "postgresql+psycopg://ann:***@db:5432/optuna"
+    )
+    assert tuning.shown("sqlite:////x/optuna.db") == "sqlite:////x/optuna.db"
