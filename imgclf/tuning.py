@@ -28,6 +28,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,17 +206,22 @@ def open_storage(url: str, stale_after: int):
         retry(study, trial)
 
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        return RDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            heartbeat_interval=max(1, stale_after // 4),
-            grace_period=stale_after,
-            heartbeat_stale_trial_callback=on_stale,
-        )
-    except Exception as err:  # a bad URL, a missing driver, no server: many types
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise PipelineError(f"cannot open the study storage {shown(url)}: {first} (fix --storage)") from None
+    for attempt in range(3):
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=max(1, stale_after // 4),
+                grace_period=stale_after,
+                heartbeat_stale_trial_callback=on_stale,
+            )
+        except Exception as err:  # a bad URL, a missing driver, no server: many types
+            # Two processes creating a new storage's tables at once: the loser finds them made.
+            if attempt < 2 and "already exists" in str(err):
+                time.sleep(1 + attempt)
+                continue
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise PipelineError(f"cannot open the study storage {shown(url)}: {first} (fix --storage)") from None
 
 
 def _settings(p: Params) -> dict[str, Any]:
