@@ -365,6 +365,8 @@ def make_objective(p: Params, data, study_run_id: str, worker: str):
 
 def study_figures(study) -> tuple[dict[str, float], dict[str, str]]:
     """The study run's metrics and tags now: counts, best value, best params and command."""
+    from imgclf.tracking.study import TAG_BEST_TRIAL
+
     c = counts(study)
     metrics = {f"trials_{k}": v for k, v in c.items()}
     tags: dict[str, str] = {}
@@ -375,7 +377,7 @@ def study_figures(study) -> tuple[dict[str, float], dict[str, str]]:
         if base:
             metrics["baseline_value"] = base[0].value
         tags = {f"best.{k}": str(v) for k, v in best.params.items()}
-        tags["imgclf.tune.best_trial"] = str(best.number)
+        tags[TAG_BEST_TRIAL] = str(best.number)
     return metrics, tags
 
 

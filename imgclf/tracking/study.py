@@ -115,13 +115,3 @@ def finish_study(run_id: str, artifacts: list[Path], status: str = "FINISHED") -
     for path in artifacts:
         client.log_artifact(run_id, str(path), "tune")
     client.set_terminated(run_id, status)
-
-
-def trial_runs(study_run_id: str) -> list[Any]:
-    """The trial runs under a study run, oldest first."""
-    client = _client()
-    parent = client.get_run(study_run_id)
-    found = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`{runs.TAG_PARENT}` = '{study_run_id}'", max_results=10000
-    )
-    return sorted(found, key=lambda r: r.info.start_time)
