@@ -267,17 +267,21 @@ def check_space(p: Params, source: str = "params.yaml") -> None:
                 raise PipelineError(f"{source}: tune.space.{key}: {value!r} is not a valid value ({reason})") from None
 
 
-def with_value(p: Params, key: str, value: Any) -> Params:
-    """``p`` with the dotted param ``key`` (e.g. ``train.learning_rate``) set to ``value``,
-    validated; a bad value raises :class:`PipelineError` naming the key."""
+def with_values(p: Params, values: dict[str, Any], source: str = "params.yaml") -> Params:
+    """``p`` with each dotted param of ``values`` (e.g. ``train.learning_rate``) set, validated;
+    a bad value raises :class:`PipelineError` naming the key, as from ``source``."""
     raw = p.model_dump(by_alias=True)
-    raw["tune"]["space"] = {}  # the space is checked with this function: not again for each value
-    node = raw
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node[part]
-    node[leaf] = value
-    return parse(raw, key)
+    for key, value in values.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return parse(raw, source)
+
+
+def with_value(p: Params, key: str, value: Any) -> Params:
+    return with_values(p, {key: value}, key)
 
 
 def feature_map_size(image_size: int, kernel_size: int, blocks: int) -> int:

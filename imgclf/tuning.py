@@ -36,7 +36,7 @@ from typing import Any
 
 from imgclf import paths
 from imgclf.errors import PipelineError
-from imgclf.params import Params, SpaceEntry, check_space, parse, searchable
+from imgclf.params import Params, SpaceEntry, check_space, searchable, with_values
 
 log = logging.getLogger("tune")
 
@@ -98,14 +98,7 @@ def suggest(trial, p: Params) -> dict[str, Any]:
 
 def trial_params(p: Params, values: dict[str, Any]) -> Params:
     """``p`` with a trial's ``values`` and the study's epoch budget."""
-    raw = p.model_dump(by_alias=True)
-    for key, value in {**values, "train.epochs": p.tune.epochs}.items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return parse(raw, "tune")
+    return with_values(p, {**values, "train.epochs": p.tune.epochs}, "tune")
 
 
 def baseline(p: Params) -> dict[str, Any]:
