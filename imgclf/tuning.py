@@ -42,6 +42,7 @@ log = logging.getLogger("tune")
 
 REPORT_DIR = paths.REPORTS / "tune"
 ATTR_RUN = "mlflow_run_id"
+ATTR_WORKER = "worker"
 ATTR_BASELINE = "baseline"
 FINISHED = ("COMPLETE", "PRUNED")
 
@@ -72,9 +73,10 @@ def _encode(value: Any) -> Any:
 
 
 def _decode(value: Any, entry: SpaceEntry) -> Any:
-    if entry.choices is not None and isinstance(value, str) and value not in entry.choices:
-        return json.loads(value)
-    return value
+    """A value as Optuna stored it, back as params.yaml spells it."""
+    if entry.choices is None:
+        return value
+    return {_encode(c): c for c in entry.choices}.get(value, value)
 
 
 def _is_int(p: Params, key: str) -> bool:
@@ -139,15 +141,14 @@ def _split_top(text: str) -> list[str]:
     """Split on commas outside brackets (``train.conv_filters=[16,32]`` stays whole)."""
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(text):
-        depth += ch in "[{" and 1 or ch in "]}" and -1 or 0
-        if ch == "," and depth == 0:
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
             parts.append(text[start:i])
             start = i + 1
     return [*parts, text[start:]]
-
-
-def monitor_direction(monitor: str) -> str:
-    return "minimize" if "loss" in monitor else "maximize"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,12 +227,15 @@ def _settings(p: Params) -> dict[str, Any]:
     }
 
 
-def open_study(p: Params, o: Options, storage):
-    """Create the study, or load it for ``--resume``; errors say which flag to use."""
+def open_study(p: Params, o: Options, storage, url: str):
+    """Create the study in ``storage`` (at ``url``), or load it for ``--resume``; errors say
+    which flag to use."""
     import optuna
 
+    from imgclf.monitor import Monitor
+
     names = optuna.study.get_all_study_names(storage)
-    where = shown(storage_url(o.storage))
+    where = shown(url)
     if o.study in names and not o.resume:
         raise PipelineError(f"study {o.study!r} exists in {where}: --resume continues it, --study NAME starts another")
     if o.study not in names and o.resume:
@@ -245,7 +249,8 @@ def open_study(p: Params, o: Options, storage):
                 "params.yaml's: restore them, or start another with --study NAME"
             )
         return study
-    study = optuna.create_study(study_name=o.study, storage=storage, direction=monitor_direction(settings["monitor"]))
+    direction = "minimize" if Monitor(p.train).lower_is_better else "maximize"
+    study = optuna.create_study(study_name=o.study, storage=storage, direction=direction)
     study.set_user_attr("settings", settings)
     first = baseline(p)
     if first:
@@ -324,7 +329,7 @@ def make_objective(p: Params, data, study_run_id: str, worker: str):
         tp = trial_params(p, values)
         run_id = tracked.start_trial(study_run_id, trial.number, values, worker)
         trial.set_user_attr(ATTR_RUN, run_id)
-        trial.set_user_attr("worker", worker)
+        trial.set_user_attr(ATTR_WORKER, worker)
         log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in values.items()))
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
@@ -356,9 +361,10 @@ def make_objective(p: Params, data, study_run_id: str, worker: str):
     return objective
 
 
-def study_figures(study) -> tuple[dict[str, float], dict[str, str]]:
-    """The study run's metrics and tags now: counts, best value, best params and command."""
-    from imgclf.tracking.study import TAG_BEST_TRIAL
+def study_figures(p: Params, study) -> tuple[dict[str, float], dict[str, str]]:
+    """The study run's metrics and tags now: counts, best value, best params and the winner's
+    command."""
+    from imgclf.tracking.study import TAG_BEST_TRIAL, TAG_COMMAND
 
     c = counts(study)
     metrics = {f"trials_{k}": v for k, v in c.items()}
@@ -371,6 +377,7 @@ def study_figures(study) -> tuple[dict[str, float], dict[str, str]]:
             metrics["baseline_value"] = base[0].value
         tags = {f"best.{k}": str(v) for k, v in best.params.items()}
         tags[TAG_BEST_TRIAL] = str(best.number)
+        tags[TAG_COMMAND] = shlex.join(winner_command(p, study))
     return metrics, tags
 
 
@@ -380,15 +387,12 @@ def study_figures(study) -> tuple[dict[str, float], dict[str, str]]:
 
 
 def _format(value: Any) -> str:
-    return (
-        json.dumps(value, separators=(",", ":"))
-        if isinstance(value, list)
-        else repr(value)
-        if isinstance(value, float)
-        else str(value).lower()
-        if isinstance(value, bool)
-        else str(value)
-    )
+    """A value as ``dvc exp run -S`` reads it back (YAML)."""
+    if isinstance(value, list):
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def winner_command(p: Params, study) -> list[str]:
@@ -486,7 +490,7 @@ def run(p: Params, o: Options) -> None:
     _quiet_optuna()
     url = storage_url(o.storage)
     storage = open_storage(url, p.tune.stale_after)
-    study = open_study(p, o, storage)
+    study = open_study(p, o, storage, url)
     run_id = study.user_attrs.get(ATTR_RUN)
     if o.worker == 0:
         settings = {f"tune.{k}": v for k, v in p.section("tune").items() if k != "space"}
@@ -507,10 +511,7 @@ def run(p: Params, o: Options) -> None:
     study = optuna.load_study(study_name=o.study, storage=storage, sampler=sampler, pruner=pruner)
 
     def after_trial(study, trial) -> None:
-        metrics, tags = study_figures(study)
-        if tags:
-            tags[tracked.TAG_COMMAND] = shlex.join(winner_command(p, study))
-        tracked.update_study(run_id, metrics, tags, step=trial.number)
+        tracked.update_study(run_id, *study_figures(p, study), step=trial.number)
 
     # The other processes start before this one imports TensorFlow, so all of them import it
     # at once and start work together.
@@ -557,16 +558,11 @@ def run(p: Params, o: Options) -> None:
 
 
 def _conclude(p: Params, o: Options, study, run_id: str, status: str) -> None:
-    import optuna
-
     from imgclf.tracking import study as tracked
 
-    study = optuna.load_study(study_name=study.study_name, storage=study._storage)  # the latest trials
-    c = counts(study)
+    c = counts(study)  # the study reads its trials from the storage: other processes' too
     artifacts = write_reports(study) if c["complete"] else []
-    metrics, tags = study_figures(study)
-    if c["complete"]:
-        tags[tracked.TAG_COMMAND] = shlex.join(winner_command(p, study))
+    metrics, tags = study_figures(p, study)
     tracked.update_study(run_id, metrics, tags, step=len(study.trials))
     tracked.finish_study(run_id, artifacts, status)
     print(f"study {o.study}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed (MLflow run {run_id})")
@@ -579,7 +575,7 @@ def _conclude(p: Params, o: Options, study, run_id: str, status: str) -> None:
         line += f" (params.yaml's values: {metrics['baseline_value']:.4f})"
     print(line)
     print("reproduce it as a DVC experiment:")
-    print("  " + shlex.join(winner_command(p, study)))
+    print("  " + tags[tracked.TAG_COMMAND])
 
 
 def apply_winner(p: Params, study) -> None:
