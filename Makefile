@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup system-deps run test lint format clean exps
+.PHONY: setup system-deps run test lint format clean exps pipeline
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ test: $(STAMP) system-deps
 EXPS_DROP := .*/|(accuracy|loss|learning_rate|epochs_run|test_macro_precision|test_macro_recall)$$
 exps:
 	dvc exp show --only-changed --precision 4 --drop '$(EXPS_DROP)' $(EXPS_FLAGS)
+
+# dvc.yaml's cmd, params and deps, written from the pipeline's description (imgclf/pipeline.py).
+pipeline: $(STAMP)
+	python -m imgclf.pipeline
 
 lint: $(STAMP)
 	ruff check .

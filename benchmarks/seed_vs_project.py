@@ -221,11 +221,11 @@ def phase_seed_train(w: Path, args) -> dict:
 def phase_stream(_w: Path, args) -> dict:
     """The project's input pipeline and model for a fixed number of steps on ``args.prepared``."""
     sys.path.insert(0, str(ROOT))
-    from imgclf.model import build_model
-    from imgclf.params import TrainParams
-    from imgclf.prepared import load_prepared
-    from imgclf.runtime import seed_everything, set_precision
-    from imgclf.streaming import training_batches
+    from imgclf.core.params import TrainParams
+    from imgclf.core.prepared import load_prepared
+    from imgclf.training.model import build_model
+    from imgclf.training.runtime import seed_everything, set_precision
+    from imgclf.training.streaming import training_batches
 
     data = load_prepared(Path(args.prepared))
     p = TrainParams(batch_size=args.batch_size)
@@ -266,8 +266,8 @@ def phase_decode(_w: Path, args) -> dict:
     """Milliseconds an image: a full decode then one resize, against the project's decoder."""
     from PIL import Image
 
-    from imgclf.dataset import scan
-    from imgclf.images import load_array
+    from imgclf.data.dataset import scan
+    from imgclf.data.images import load_array
 
     files = scan(Path(args.images)).files
     out = {"files": len(files)}
@@ -458,14 +458,14 @@ def main() -> None:
     elif not args.images and args.shapes:
         args.images = str(generate_shapes(w / "images", args.classes, args.per_class, args.size, args.seed))
     elif not args.images:
-        from imgclf.demo import write_digits
+        from imgclf.data.demo import write_digits
 
         write_digits(w / "images")
         args.images = str(w / "images")
     args.images = str(Path(args.images).resolve())
 
     # The project's own stratified split, shared with the seed so both test on the same images.
-    from imgclf.dataset import scan, split_indices
+    from imgclf.data.dataset import scan, split_indices
 
     src = scan(Path(args.images))
     y = np.asarray(src.y)

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from imgclf import paths
-from imgclf.errors import PipelineError
-from imgclf.images import BadImage, iter_images, load_array
-from imgclf.model import load_model
-from imgclf.prepared import LABELS_FILE, read_labels
+from imgclf.core import paths
+from imgclf.core.errors import PipelineError
+from imgclf.core.prepared import LABELS_FILE, read_labels
+from imgclf.core.saved_model import load_model
+from imgclf.data.images import BadImage, iter_images, load_array
 
 log = logging.getLogger(__name__)
 

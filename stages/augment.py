@@ -9,15 +9,17 @@ from __future__ import annotations
 import sys
 import time
 
-from imgclf import dataset, paths, tracking
-from imgclf.augmentation import prepare
-from imgclf.cli import main
-from imgclf.fileio import write_json, write_text
-from imgclf.inputs import source_input
-from imgclf.params import Params, load
-from imgclf.pool import default_workers, worker_pool
-from imgclf.prepared import LABELS_FILE, fingerprint
-from imgclf.result import StageResult
+from imgclf import tracking
+from imgclf.console.cli import main
+from imgclf.core import paths
+from imgclf.core.fileio import write_json, write_text
+from imgclf.core.params import Params, load
+from imgclf.core.prepared import LABELS_FILE, fingerprint
+from imgclf.data import dataset
+from imgclf.data.augmentation import prepare
+from imgclf.data.pool import default_workers, worker_pool
+from imgclf.tracking.inputs import source_input
+from imgclf.tracking.result import StageResult
 
 
 def run() -> None:
@@ -33,7 +35,7 @@ def run() -> None:
 
 
 def augment(p: Params, src: dataset.Source, imap=map) -> StageResult:
-    """Decode, split, augment (over ``imap``, see :func:`~imgclf.pool.worker_pool`); write
+    """Decode, split, augment (over ``imap``, see :func:`~imgclf.data.pool.worker_pool`); write
     ``data/prepared`` and the reports; return what was made."""
     started = time.perf_counter()
     sizes, y, skipped = prepare(p, src, paths.PREPARED_DIR, imap=imap, progress=sys.stderr.isatty())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from imgclf import paths
-from imgclf.cli import main
-from imgclf.demo import write_digits
+from imgclf.console.cli import main
+from imgclf.core import paths
+from imgclf.data.demo import write_digits
 
 log = logging.getLogger("demo")
 

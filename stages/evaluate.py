@@ -1,14 +1,21 @@
 """Stage ``evaluate``: score ``models/model.h5`` on the held-out test images and write reports.
 
-The last stage: its MLflow run ends under the pipeline run that the recorder writes for the
-result (every param that shaped it, its test metrics, the augment and train runs under it).
+The stage that closes a result: after its run, it writes the result's pipeline run (every param
+that shaped it, its test metrics, the augment, train and evaluate runs under it) and, with
+``mlflow.register`` on, applies the champion rule.
 """
 
 from __future__ import annotations
 
-from imgclf import paths, tracking
-from imgclf.cli import main
-from imgclf.evaluation import (
+from imgclf import tracking
+from imgclf.console.cli import main
+from imgclf.core import paths
+from imgclf.core.fileio import atomic_path, md5_file, write_json, write_text
+from imgclf.core.history import read_history_csv
+from imgclf.core.params import Params, load
+from imgclf.core.prepared import Prepared, fingerprint, load_prepared
+from imgclf.core.saved_model import load_model
+from imgclf.evaluation.scoring import (
     confusion_rows_csv,
     html_report,
     per_class_csv,
@@ -18,13 +25,8 @@ from imgclf.evaluation import (
     plot_misclassified,
     score,
 )
-from imgclf.fileio import atomic_path, md5_file, write_json, write_text
-from imgclf.history import read_history_csv
-from imgclf.inputs import split_inputs
-from imgclf.model import load_model
-from imgclf.params import Params, load
-from imgclf.prepared import Prepared, fingerprint, load_prepared
-from imgclf.result import StageResult
+from imgclf.tracking.inputs import split_inputs
+from imgclf.tracking.result import StageResult
 
 REPORT_FILES = (
     paths.METRICS,
@@ -45,6 +47,9 @@ def run() -> None:
     inputs = split_inputs(paths.PREPARED_DIR, data, ("test",), paths.resolve(p.data.source).name)
     with tracking.recorder("evaluate", p, inputs=inputs) as rec:
         rec.record(evaluate(p, data, model))
+    result_run = tracking.close_result(p, rec)
+    if p.mlflow.register_model:
+        tracking.promote_champion(p, rec, result_run)
 
 
 def evaluate(p: Params, data: Prepared, model) -> StageResult:

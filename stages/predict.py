@@ -12,8 +12,8 @@ import argparse
 import json
 import logging
 
-from imgclf.cli import main
-from imgclf.errors import PipelineError
+from imgclf.console.cli import main
+from imgclf.core.errors import PipelineError
 from imgclf.predict import classify, collect, load_classifier
 
 log = logging.getLogger("predict")

@@ -1,7 +1,7 @@
 """Stage ``train``: fit the CNN on ``data/prepared`` and save it as ``models/model.h5``.
 
 An interrupted training resumes from its last checkpoint, in the same MLflow run (see
-:mod:`imgclf.checkpoint`). With ``train.strategy: multi_worker`` the same command runs on every
+:mod:`imgclf.training.checkpoint`). With ``train.strategy: multi_worker`` the same command runs on every
 worker of the ``TF_CONFIG`` cluster; only the chief (worker 0) writes the outputs, the
 checkpoints and the MLflow run.
 """
@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import logging
 
-from imgclf import paths, tracking
-from imgclf.checkpoint import open_checkpoints
-from imgclf.cli import main
-from imgclf.distribute import is_chief
-from imgclf.fileio import atomic_path, md5_file, write_json, write_text
-from imgclf.history import history_csv
-from imgclf.inputs import split_inputs
-from imgclf.params import load
-from imgclf.prepared import LABELS_FILE, Prepared, fingerprint, load_prepared
-from imgclf.result import StageResult
-from imgclf.training import Trained, check_monitor, train
+from imgclf import tracking
+from imgclf.console.cli import main
+from imgclf.core import paths
+from imgclf.core.fileio import atomic_path, md5_file, write_json, write_text
+from imgclf.core.history import history_csv
+from imgclf.core.params import load
+from imgclf.core.prepared import LABELS_FILE, Prepared, fingerprint, load_prepared
+from imgclf.tracking.inputs import split_inputs
+from imgclf.tracking.result import StageResult
+from imgclf.training.checkpoint import open_checkpoints
+from imgclf.training.distribute import is_chief
+from imgclf.training.fit import Trained, check_monitor, train
 
 log = logging.getLogger("train")
 
@@ -43,7 +44,7 @@ def run() -> None:
                 if store.state:
                     rec.log_history(store.state["history"])
             trained = train(p, data, store, on_start=rec.log_params, on_epoch=rec.log_epoch)
-            rec.record(save(trained, data))
+            rec.record(save(trained, data, rec.run_id))
         if store is not None:
             store.remove()
     finally:
@@ -51,10 +52,12 @@ def run() -> None:
             store.close()
 
 
-def save(trained: Trained, data: Prepared) -> StageResult:
-    """Write the model (the best epoch's weights), its history and the metrics file; return what was made."""
+def save(trained: Trained, data: Prepared, run_id: str) -> StageResult:
+    """Write the model (the best epoch's weights), the run that trained it, its history and the
+    metrics file; return what was made."""
     with atomic_path(paths.MODEL) as tmp:
         trained.model.save(tmp)
+    write_json(paths.MODEL_RUN, {"run_id": run_id})
     write_text(paths.HISTORY, history_csv(trained.history))
     best = {k: v for k, v in trained.best.items() if k != "epoch"}
     counts = {"best_epoch": trained.best_epoch, "epochs_run": len(trained.history)}

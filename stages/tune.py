@@ -3,7 +3,7 @@
     python -m stages.tune --trials 20 [--timeout 2h] [--jobs 2] [--resume] [--apply]
 
 Every trial is an MLflow run nested under the study's run; the best params come out as a
-``dvc exp run`` command, which ``--apply`` runs. See :mod:`imgclf.tuning` and the README.
+``dvc exp run`` command, which ``--apply`` runs. See :mod:`imgclf.tuning.search` and the README.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import re
 
-from imgclf import paths
-from imgclf.cli import main
-from imgclf.params import load
-from imgclf.tuning import Options, run
+from imgclf.console.cli import main
+from imgclf.core import paths
+from imgclf.core.params import load
+from imgclf.tuning.search import Options, run
 
 
 def duration(text: str) -> float:
@@ -62,4 +62,4 @@ def tune(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main("tune", tune)  # TensorFlow starts once the study is open (imgclf.tuning.run)
+    main("tune", tune)  # TensorFlow starts once the study is open (imgclf.tuning.search.run)

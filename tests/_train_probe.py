@@ -14,13 +14,13 @@ import numpy as np
 
 def main() -> None:
     strategy_name = sys.argv[1]
-    from imgclf.distribute import is_chief, make_strategy
-    from imgclf.model import build_model
-    from imgclf.runtime import seed_everything
-    from imgclf.training import fit
+    from imgclf.training.distribute import is_chief, make_strategy
+    from imgclf.training.fit import fit
+    from imgclf.training.model import build_model
+    from imgclf.training.runtime import seed_everything
 
     strategy = make_strategy(strategy_name)
-    from imgclf.params import TrainParams
+    from imgclf.core.params import TrainParams
     from tests.helpers import CLASS_COLOURS, as_prepared, make_image
 
     seed_everything(0, deterministic=False)

@@ -40,7 +40,7 @@ TINY_PARAMS = {
     "train": {"conv_filters": [4, 8], "dense_units": 16, "epochs": 2, "batch_size": 8},
 }
 
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".gitignore", "stages", "imgclf")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "settings.yaml", ".gitignore", ".dvcignore", "stages", "imgclf")
 
 
 def make_image(colour: tuple[int, int, int], seed: int, size: int = 16) -> Image.Image:
@@ -62,8 +62,8 @@ def colour_arrays(n: int = 48, size: int = 12) -> tuple[np.ndarray, np.ndarray]:
 
 
 def as_prepared(x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray):
-    """In-memory arrays as a :class:`~imgclf.prepared.Prepared` (no test split)."""
-    from imgclf.prepared import Prepared
+    """In-memory arrays as a :class:`~imgclf.core.prepared.Prepared` (no test split)."""
+    from imgclf.core.prepared import Prepared
 
     return Prepared(
         labels=[str(c) for c in range(int(max(y.max(), 1)) + 1)],
@@ -147,18 +147,29 @@ class Project:
         return json.loads((self.root / rel).read_text(encoding="utf-8"))
 
     def set_params(self, **sections: dict) -> None:
-        """Change some keys of ``params.yaml``, e.g. ``set_params(train={"epochs": 1})``."""
-        path = self.root / "params.yaml"
-        raw = _merge(yaml.safe_load(path.read_text()), sections)
-        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        """Change some keys of ``params.yaml`` or ``settings.yaml`` (each key in its own file),
+        e.g. ``set_params(train={"epochs": 1, "resume": False})``."""
+        write_params(self.root, sections)
 
     def runs(self, name: str | None = None) -> list:
         return list_runs(self.tracking_uri, name)
 
     def array_md5s(self) -> dict[str, str]:
-        from imgclf.fileio import md5_file
+        from imgclf.core.fileio import md5_file
 
         return {p.name: md5_file(p) for p in sorted((self.root / "data/prepared").glob("*.npy"))}
+
+
+def write_params(root: Path, sections: dict) -> None:
+    """Merge ``sections`` into ``root``'s ``params.yaml`` and ``settings.yaml``, each key into the
+    file it belongs in."""
+    from imgclf.core.params import split_settings
+
+    for name, part in zip(("params.yaml", "settings.yaml"), split_settings(sections)):
+        if part:
+            path = root / name
+            raw = _merge(yaml.safe_load(path.read_text()) if path.exists() else {}, part)
+            path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
 def make_project(root: Path, params: dict | None = None, env: dict | None = None) -> Project:
@@ -171,9 +182,7 @@ def make_project(root: Path, params: dict | None = None, env: dict | None = None
         else:
             shutil.copy2(src, root / name)
     make_class_folders(root / "data" / "tiny", per_class=8)
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    raw = _merge(raw, _merge(TINY_PARAMS, {"data": {"source": "data/tiny"}, **(params or {})}))
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_params(root, _merge(TINY_PARAMS, {"data": {"source": "data/tiny"}, **(params or {})}))
     p = Project(root, env)
     p.sh("git", "init", "-q")
     p.sh("dvc", "init", "-q")

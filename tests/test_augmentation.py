@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclf import augmentation, dataset
-from imgclf.fileio import md5_file, md5_tree
-from imgclf.pool import worker_pool
-from imgclf.prepared import load_prepared
+from imgclf.core.fileio import md5_file, md5_tree
+from imgclf.core.prepared import load_prepared
+from imgclf.data import augmentation, dataset
+from imgclf.data.pool import worker_pool
 
 from .helpers import make_class_folders, make_image
 

@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from imgclf import checkpoint  # noqa: E402
-from imgclf.checkpoint import open_checkpoints  # noqa: E402
-from imgclf.params import parse  # noqa: E402
+from imgclf.core.params import parse  # noqa: E402
+from imgclf.training import checkpoint  # noqa: E402
+from imgclf.training.checkpoint import open_checkpoints  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +33,7 @@ def test_anchored_at_the_main_repository_or_the_configured_folder(monkeypatch, t
 
 def test_same_params_and_data_resume_and_anything_else_starts_fresh(monkeypatch, tmp_path: Path, caplog):
     monkeypatch.setenv(checkpoint.ENV_DIR, str(tmp_path))
-    caplog.set_level(logging.INFO, logger="imgclf.checkpoint")
+    caplog.set_level(logging.INFO, logger="imgclf.training.checkpoint")
     p = parse({})
     store = open_checkpoints(p, "data-1")
     assert store.state is None

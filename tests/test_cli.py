@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from imgclf import interrupt
-from imgclf.cli import run_stage
-from imgclf.errors import PipelineError
+from imgclf.console import interrupt
+from imgclf.console.cli import run_stage
+from imgclf.core.errors import PipelineError
 
 
 @pytest.fixture
@@ -122,8 +122,8 @@ def test_fast_exit_still_joins_threads_runs_exit_handlers_and_flushes(tmp_path, 
     script = f"""
 import atexit, sys, threading, time
 from pathlib import Path
-from imgclf.cli import main
-from imgclf.errors import PipelineError
+from imgclf.console.cli import main
+from imgclf.core.errors import PipelineError
 
 def late_write():
     time.sleep(0.3)
@@ -154,7 +154,7 @@ def test_tensorflow_starts_without_its_chatter_but_other_lines_pass(tmp_path):
 
     code = (
         "import os, sys\n"
-        "from imgclf import cli\n"
+        "from imgclf.console import cli\n"
         "real = cli._STARTUP_CHATTER\n"
         "cli.start_tensorflow_quietly()\n"
         "print('stage line', file=sys.stderr)\n"

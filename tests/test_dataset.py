@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclf import dataset
-from imgclf.errors import PipelineError
+from imgclf.core.errors import PipelineError
+from imgclf.data import dataset
 
 from .helpers import CLASS_COLOURS, make_class_folders, make_image
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from imgclf import tracking
-from imgclf.fileio import md5_file
+from imgclf.core.fileio import md5_file
 
 from .helpers import ROOT, Project, free_port
 

@@ -1,4 +1,5 @@
-"""dvc.yaml stays honest: each stage lists exactly the code it runs and the params that shape it."""
+"""dvc.yaml stays honest: it is written from the pipeline description (imgclf/pipeline.py), and
+each stage's deps hold the code it imports, less the code that shapes no output."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from pathlib import Path
 
 import yaml
 
-from imgclf.params import STAGE_PARAMS, Params
+from imgclf import pipeline
+from imgclf.core.params import SETTINGS, Params
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("demo", "augment", "train", "evaluate")
+STAGES = tuple(s.name for s in pipeline.STAGES)
 
 
 def _imgclf_imports(path: Path) -> set[str]:
@@ -56,23 +58,45 @@ def _dvc() -> dict:
     return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def test_each_stage_depends_on_exactly_the_code_it_imports():
-    stages = _dvc()
-    for name in STAGES:
-        deps = {d for d in stages[name]["deps"] if d.endswith(".py")}
-        assert deps == code_closure(ROOT / "stages" / f"{name}.py"), name
+def _covers(entries: tuple[str, ...], file: str) -> bool:
+    """Whether ``file`` is one of ``entries`` or lies in one of its folders."""
+    return any(file == e or file.startswith(e + "/") for e in entries)
 
 
-def test_each_stage_lists_the_params_that_shape_it():
+def test_dvc_yaml_is_written_from_the_pipeline_description():
+    text = (ROOT / "dvc.yaml").read_text()
+    assert pipeline.render_dvc_yaml(text) == text, "dvc.yaml drifted from imgclf/pipeline.py: run `make pipeline`"
     stages = _dvc()
     assert tuple(stages) == STAGES
-    for name, stage in stages.items():
-        assert stage["cmd"] == f"python -m stages.{name}"
-        assert tuple(stage.get("params", ())) == STAGE_PARAMS[name], name
-    # evaluate's params shape only evaluate; mlflow and tune (the search's settings) shape none.
-    assert set(STAGE_PARAMS["pipeline"]) | {"evaluate", "mlflow", "tune"} == set(Params.model_fields)
+    for s in pipeline.STAGES:
+        assert stages[s.name]["cmd"] == s.cmd
+        assert stages[s.name]["deps"] == list(s.deps)
+        assert tuple(stages[s.name].get("params", ())) == s.params
+
+
+def test_each_stage_imports_only_its_code_deps_or_code_that_shapes_no_output():
+    for s in pipeline.STAGES:
+        imported = code_closure(ROOT / "stages" / f"{s.name}.py")
+        stray = sorted(f for f in imported if not _covers(s.code + pipeline.NOT_SHAPING, f))
+        assert not stray, f"{s.name} imports {stray}: list it in imgclf/pipeline.py (code or NOT_SHAPING)"
+        unused = [e for e in s.code if not any(_covers((e,), f) for f in imported)]
+        assert not unused, f"{s.name} lists code it never imports: {unused}"
+
+
+def test_code_deps_and_not_shaping_code_do_not_overlap():
+    for s in pipeline.STAGES:
+        assert not [e for e in s.code if _covers(pipeline.NOT_SHAPING, e)], s.name
+        for entry in s.code:
+            assert (ROOT / entry).exists(), entry
+
+
+def test_every_section_shapes_a_stage_or_is_a_setting():
+    shaping = {section for s in pipeline.STAGES for section in s.params}
+    assert shaping | {k for k in SETTINGS if "." not in k} == set(Params.model_fields)
+    assert set(pipeline.sections(pipeline.RESULT)) == {"base", "data", "augment", "train"}
 
 
 def test_closure_follows_packages():
     closure = code_closure(ROOT / "stages" / "train.py")
     assert {"imgclf/__init__.py", "imgclf/tracking/__init__.py", "imgclf/tracking/recorder.py"} <= closure
+    assert "imgclf/evaluation/scoring.py" not in closure

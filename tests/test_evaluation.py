@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclf import evaluation, history
+from imgclf.core import history
+from imgclf.evaluation import scoring as evaluation
 
 
 def test_score_matches_hand_computation():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.fileio import atomic_dir, atomic_path, md5_tree, write_json
+from imgclf.core.fileio import atomic_dir, atomic_path, md5_tree, write_json
 
 
 def test_atomic_path_replaces_only_on_success(tmp_path: Path):

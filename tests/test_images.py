@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclf.images import BadImage, is_image_name, load_array, to_rgb
+from imgclf.data.images import BadImage, is_image_name, load_array, to_rgb
 
 
 def _gradient(size: int = 12) -> np.ndarray:
@@ -158,7 +158,7 @@ def test_jpeg_draft_decoding_matches_a_full_decode(tmp_path: Path, size: int):
 
 
 def test_draft_decoding_keeps_at_least_the_target_size(tmp_path: Path):
-    from imgclf.images import load_image
+    from imgclf.data.images import load_image
 
     path = camera_photo(tmp_path / "wide.jpg", width=1000, height=240)
     # 240 / 100 = 2.4: the decoder may halve (120 >= 100) but not quarter (60 < 100).

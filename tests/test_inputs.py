@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf import inputs
-from imgclf.prepared import Prepared
+from imgclf.core.prepared import Prepared
+from imgclf.tracking import inputs
 
 from .helpers import make_class_folders
 

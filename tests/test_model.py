@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclf.params import TrainParams
+from imgclf.core.params import TrainParams
 
 keras = pytest.importorskip("keras")
 
-from imgclf.errors import PipelineError  # noqa: E402
-from imgclf.model import build_model, load_model  # noqa: E402
-from imgclf.runtime import seed_everything  # noqa: E402
-from imgclf.training import fit  # noqa: E402
+from imgclf.core.errors import PipelineError  # noqa: E402
+from imgclf.core.saved_model import load_model  # noqa: E402
+from imgclf.training.fit import fit  # noqa: E402
+from imgclf.training.model import build_model  # noqa: E402
+from imgclf.training.runtime import seed_everything  # noqa: E402
 
 from .helpers import as_prepared, colour_arrays  # noqa: E402
 
@@ -85,7 +86,7 @@ def test_load_model_names_the_file_and_the_problem(tmp_path: Path, content, frag
 
 
 def test_tf_config_is_checked_and_names_the_chief(monkeypatch: pytest.MonkeyPatch):
-    from imgclf.distribute import is_chief, make_strategy, tf_config
+    from imgclf.training.distribute import is_chief, make_strategy, tf_config
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert is_chief()
@@ -115,7 +116,7 @@ def test_tf_config_is_checked_and_names_the_chief(monkeypatch: pytest.MonkeyPatc
 def test_fused_adam_makes_keras_own_updates(name: str):
     import tensorflow as tf
 
-    from imgclf.model import make_optimizer
+    from imgclf.training.model import make_optimizer
 
     rng = np.random.default_rng(3)
     start = [rng.normal(size=(40, 7)).astype("float32"), rng.normal(size=(7,)).astype("float32")]

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from imgclf.errors import PipelineError
-from imgclf.monitor import Monitor, MonitorState
-from imgclf.params import TrainParams, parse
+from imgclf.core.errors import PipelineError
+from imgclf.core.params import TrainParams, parse
+from imgclf.training.monitor import Monitor, MonitorState
 
 
 def _run(p: TrainParams, values: list[float]) -> tuple[list[float], list[bool], MonitorState]:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imgclf import params
-from imgclf.errors import PipelineError
+from imgclf.core import params
+from imgclf.core.errors import PipelineError
 
 from .helpers import ROOT
 
@@ -17,6 +17,43 @@ def test_project_params_file_is_valid_and_matches_defaults():
     assert loaded.train.conv_filters == [32, 64]
     assert loaded.train == defaults.train
     assert loaded.data.source == "data/demo"
+    assert loaded.tune.space  # from settings.yaml beside it
+
+
+def test_settings_live_in_their_own_file_and_shape_nothing(tmp_path: Path):
+    (tmp_path / "params.yaml").write_text("train: {epochs: 3}\n")
+    (tmp_path / "settings.yaml").write_text("train: {resume: false}\naugment: {workers: 2}\nmlflow: {register: true}\n")
+    p = params.load(tmp_path / "params.yaml")
+    assert (p.train.epochs, p.train.resume, p.augment.workers, p.mlflow.register_model) == (3, False, 2, True)
+    shaping = p.shaping("pipeline")
+    assert "train.epochs" in shaping and "augment.angles" in shaping
+    assert not [k for k in shaping if k in ("train.resume", "augment.workers") or k.split(".")[0] in ("mlflow", "tune")]
+
+
+@pytest.mark.parametrize(
+    "file, text, fragment",
+    [
+        ("params.yaml", "train: {resume: false}", "params.yaml: 'train.resume' belongs in settings.yaml"),
+        ("params.yaml", "tune: {epochs: 2}", "params.yaml: 'tune' belongs in settings.yaml"),
+        ("settings.yaml", "train: {epochs: 2}", "settings.yaml: 'train.epochs' belongs in params.yaml"),
+        ("settings.yaml", "tune: {epochs: 0}", "settings.yaml: 'tune.epochs'"),
+        ("settings.yaml", "mlflow: {registr: true}", "settings.yaml: unknown key 'mlflow.registr'"),
+    ],
+)
+def test_a_key_in_the_wrong_file_or_a_bad_setting_names_the_file(tmp_path: Path, file: str, text: str, fragment: str):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / file).write_text(text + "\n")
+    with pytest.raises(PipelineError) as err:
+        params.load(tmp_path / "params.yaml")
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_split_settings_cuts_sections_between_the_files():
+    raw = {"train": {"epochs": 1, "resume": False}, "mlflow": {"register": True}, "data": {"image_size": 16}}
+    assert params.split_settings(raw) == (
+        {"train": {"epochs": 1}, "data": {"image_size": 16}},
+        {"train": {"resume": False}, "mlflow": {"register": True}},
+    )
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from imgclf import tracking
-from imgclf.fileio import md5_file
+from imgclf.core.fileio import md5_file
 
 from .helpers import ROOT, Project
 

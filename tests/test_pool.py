@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from imgclf.pool import worker_pool
+from imgclf.data.pool import worker_pool
 
 
 def _square_or_fail(n: int) -> int:

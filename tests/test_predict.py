@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclf.cli import run_stage
-from imgclf.params import TrainParams
+from imgclf.console.cli import run_stage
+from imgclf.core.params import TrainParams
 from stages import predict
 
 from .helpers import CLASS_COLOURS, as_prepared, make_class_folders
@@ -22,10 +22,10 @@ LABELS = sorted(CLASS_COLOURS)
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny CNN trained on the colour classes, saved as .h5 with labels.json beside it."""
-    from imgclf.dataset import decode, scan
-    from imgclf.model import build_model
-    from imgclf.runtime import seed_everything
-    from imgclf.training import fit
+    from imgclf.data.dataset import decode, scan
+    from imgclf.training.fit import fit
+    from imgclf.training.model import build_model
+    from imgclf.training.runtime import seed_everything
 
     root = tmp_path_factory.mktemp("model")
     images = make_class_folders(root / "train", per_class=10)
@@ -116,7 +116,8 @@ def test_bad_models_and_inputs(model_dir: Path, tmp_path: Path, capsys, setup: s
 
 
 def test_predict_decodes_a_photo_exactly_as_augment_does(tmp_path: Path):
-    from imgclf import dataset, predict
+    from imgclf import predict
+    from imgclf.data import dataset
 
     from .test_images import camera_photo
 

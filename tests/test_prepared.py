@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.errors import PipelineError
-from imgclf.prepared import load_prepared, read_labels, write_labels
+from imgclf.core.errors import PipelineError
+from imgclf.core.prepared import load_prepared, read_labels, write_labels
 
 
 def test_load_prepared_missing(tmp_path: Path):

@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 import pytest
 
-from imgclf.checkpoint import STATE_FILE
+from imgclf.training.checkpoint import STATE_FILE
 
 from .helpers import Project
 
@@ -60,9 +60,9 @@ def _kill_train_after(p: Project, epoch: int, timeout: float = 240) -> dict:
 def _uninterrupted(p: Project) -> list[np.ndarray]:
     import keras
 
-    from imgclf.params import load
-    from imgclf.prepared import load_prepared
-    from imgclf.training import train
+    from imgclf.core.params import load
+    from imgclf.core.prepared import load_prepared
+    from imgclf.training.fit import train
 
     try:
         return train(load(p.root / "params.yaml"), load_prepared(p.root / "data" / "prepared")).model.get_weights()
@@ -71,7 +71,7 @@ def _uninterrupted(p: Project) -> list[np.ndarray]:
 
 
 def _weights(path) -> list[np.ndarray]:
-    from imgclf.model import load_model
+    from imgclf.core.saved_model import load_model
 
     return load_model(path).get_weights()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imgclf.runtime import resolve_precision
+from imgclf.training.runtime import resolve_precision
 
 
 def test_precision_setting():

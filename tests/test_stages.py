@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from imgclf import paths
-from imgclf.cli import run_stage
+from imgclf.console.cli import run_stage
+from imgclf.core import paths
+from imgclf.core.params import split_settings
 from stages import augment, train
 
 from .helpers import TINY_PARAMS, list_runs, make_class_folders
@@ -49,7 +50,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_store: str
         raw["data"]["source"] = str(images)
         for section, values in sections.items():
             raw.setdefault(section, {}).update(values)
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+        for name, part in zip(("params.yaml", "settings.yaml"), split_settings(raw)):
+            (tmp_path / name).write_text(yaml.safe_dump(part))
 
     ws.write_params = write_params
     write_params()

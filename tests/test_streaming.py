@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from imgclf.streaming import NpyRows, epoch_order, make_dataset, shard_batches, training_batches  # noqa: E402
+from imgclf.training.streaming import NpyRows, epoch_order, make_dataset, shard_batches, training_batches  # noqa: E402
 
 from .helpers import colour_arrays  # noqa: E402
 

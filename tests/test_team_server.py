@@ -157,9 +157,9 @@ def test_a_tune_study_lives_in_postgres_and_two_processes_share_it(postgres: str
         capture_output=True,
     )
     storage = postgres.rsplit("/", 1)[0] + "/optuna"  # not MLflow's database: both keep alembic_version
-    raw = yaml.safe_load((project.root / "params.yaml").read_text())
+    raw = yaml.safe_load((project.root / "settings.yaml").read_text())
     raw["tune"] = {"epochs": 1, "pruner": "none", "space": {"train.learning_rate": {"low": 0.0005, "high": 0.005}}}
-    (project.root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (project.root / "settings.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     done = project.sh("python", "-m", "stages.tune", "--trials", "5", "--jobs", "2", "--storage", storage)
     study = optuna.load_study(study_name="tune", storage=storage.replace("postgresql://", "postgresql+psycopg://"))
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]

@@ -8,10 +8,10 @@ import mlflow
 import pytest
 
 from imgclf import tracking
-from imgclf.errors import PipelineError
-from imgclf.params import parse
-from imgclf.result import DataInput, StageResult
+from imgclf.core.errors import PipelineError
+from imgclf.core.params import parse
 from imgclf.tracking import lineage, runs, system
+from imgclf.tracking.result import DataInput, StageResult
 
 from .helpers import list_runs
 
@@ -122,15 +122,17 @@ def test_linking_reparents_fresh_runs_and_copies_cached_ones(mlflow_store: str):
     assert source is not None
     assert lineage.find_stage_run(exp_id, "augment", tracking.TAG_DATA_MD5, "other") is None
 
+    pending = lineage.pending_row(exp_id)
+    assert source.data.tags[tracking.TAG_PARENT] == pending  # no result has taken it yet
     first = runs.write_run(exp_id, "pipeline", {}, {}, {})
-    shown = lineage.link_stage_run(first, "augment", source)
+    shown = lineage.link_stage_run(first, "augment", source, pending)
     assert shown == source.info.run_id
     assert mlflow.get_run(shown).data.tags[tracking.TAG_PARENT] == first
 
     # A second pipeline reusing the cached augment result gets its own linked child.
     source = lineage.find_stage_run(exp_id, "augment", tracking.TAG_DATA_MD5, "d1")
     second = runs.write_run(exp_id, "pipeline", {}, {}, {})
-    linked = lineage.link_stage_run(second, "augment", source)
+    linked = lineage.link_stage_run(second, "augment", source, pending)
     run = mlflow.get_run(linked)
     assert linked != source.info.run_id and run.info.status == "FINISHED"
     assert run.data.tags[tracking.TAG_PARENT] == second
@@ -145,7 +147,7 @@ def _data(name: str, context: str) -> DataInput:
     return DataInput(name, context, "d1" * 8, "/data", {})
 
 
-def test_final_stage_writes_the_pipeline_run_over_the_stage_runs(mlflow_store: str, monkeypatch):
+def test_closing_a_result_writes_the_pipeline_run_over_the_stage_runs(mlflow_store: str, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "exp-42")
     with tracking.recorder("augment", P, inputs=[_data("demo", "source")]) as rec:
         rec.record(
@@ -159,6 +161,8 @@ def test_final_stage_writes_the_pipeline_run_over_the_stage_runs(mlflow_store: s
         rec.record(StageResult(metrics={"best/val_accuracy": 0.75}, fingerprints={"data": "d1", "model": "m1"}))
     with tracking.recorder("evaluate", P, inputs=[_data("demo/test", "test")]) as rec:
         rec.record(StageResult(metrics={"test_accuracy": 0.5}, fingerprints={"data": "d1", "model": "m1"}))
+    assert not _runs("exp-42")  # the recorder itself writes no pipeline run
+    assert tracking.close_result(P, rec) == _runs("exp-42")[0].info.run_id
     (pipeline,) = _runs("exp-42")
     assert pipeline.info.status == "FINISHED" and pipeline.data.tags[tracking.TAG_STAGE] == "pipeline"
     # Every param that shaped the result, and the facts the stages found (counts, the model's size).
@@ -178,15 +182,42 @@ def test_final_stage_writes_the_pipeline_run_over_the_stage_runs(mlflow_store: s
         ("demo/val", "val"),
     ]
     assert pipeline.data.tags[tracking.TAG_MODEL_MD5] == "m1"
-    for stage in ("augment", "train", "evaluate"):
-        (run,) = _runs(stage)
+    stage_runs = {stage: _runs(stage)[0] for stage in ("augment", "train", "evaluate")}
+    for stage, run in stage_runs.items():
         assert run.data.tags[tracking.TAG_PARENT] == pipeline.info.run_id, stage
+    # Its Duration is the result's: from the first stage's start to the end of the last.
+    assert pipeline.info.start_time == stage_runs["augment"].info.start_time
+    assert pipeline.info.end_time >= stage_runs["evaluate"].info.end_time
+    # The top level holds the pipeline run and the (now empty) row of runs without a result.
+    top = sorted(r.info.run_name for r in _runs() if tracking.TAG_PARENT not in r.data.tags)
+    assert top == ["exp-42", lineage.PENDING_NAME]
+
+
+def test_stage_runs_without_a_result_sit_under_one_row_that_says_so(mlflow_store: str):
+    for _ in range(2):
+        with tracking.recorder("augment", P) as rec:
+            rec.record(StageResult(fingerprints={"data": "d1"}))
+    with pytest.raises(RuntimeError), tracking.recorder("train", P):
+        raise RuntimeError("stopped for good")
+    (pending,) = _runs(lineage.PENDING_NAME)
+    assert "no result has taken" in pending.data.tags["mlflow.note.content"]
+    children = [r for r in _runs() if r.data.tags.get(tracking.TAG_PARENT) == pending.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["augment", "augment", "train"]
+    assert [r.info.run_name for r in _runs() if tracking.TAG_PARENT not in r.data.tags] == [lineage.PENDING_NAME]
+
+
+def test_only_a_stage_that_closes_results_can_close_one(mlflow_store: str):
+    with tracking.recorder("train", P) as rec:
+        rec.record(StageResult(fingerprints={"model": "m1"}))
+    with pytest.raises(ValueError, match="train recorded no result that closes"):
+        tracking.close_result(P, rec)
 
 
 def test_a_failed_final_stage_writes_no_pipeline_run(mlflow_store: str):
-    with pytest.raises(RuntimeError), tracking.recorder("evaluate", P):
+    with pytest.raises(RuntimeError), tracking.recorder("evaluate", P) as rec:
         raise RuntimeError("boom")
-    assert [r.info.run_name for r in _runs()] == ["evaluate"]
+    assert rec.result is None  # so evaluate never gets to close_result
+    assert sorted(r.info.run_name for r in _runs()) == ["evaluate", lineage.PENDING_NAME]
 
 
 def test_metric_key_is_safe():

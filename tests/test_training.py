@@ -8,10 +8,11 @@ import pytest
 
 pytest.importorskip("keras")
 
-from imgclf import checkpoint, interrupt  # noqa: E402
-from imgclf.checkpoint import open_checkpoints  # noqa: E402
-from imgclf.params import parse  # noqa: E402
-from imgclf.training import Session, train  # noqa: E402
+from imgclf.console import interrupt
+from imgclf.core.params import parse  # noqa: E402
+from imgclf.training import checkpoint  # noqa: E402
+from imgclf.training.checkpoint import open_checkpoints  # noqa: E402
+from imgclf.training.fit import Session, train  # noqa: E402
 
 from .helpers import as_prepared, colour_arrays  # noqa: E402
 

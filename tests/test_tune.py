@@ -33,7 +33,7 @@ BAD = "train.learning_rate=8.0"
 
 
 def _set_tune(p: Project, **extra) -> None:
-    path = p.root / "params.yaml"
+    path = p.root / "settings.yaml"
     raw = yaml.safe_load(path.read_text())
     raw["tune"] = {**TUNE, **extra}
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

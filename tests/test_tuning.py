@@ -6,12 +6,12 @@ import shlex
 
 import pytest
 
-from imgclf.errors import PipelineError
-from imgclf.params import parse
+from imgclf.core.errors import PipelineError
+from imgclf.core.params import parse
 
 optuna = pytest.importorskip("optuna")
 
-from imgclf import tuning  # noqa: E402
+from imgclf.tuning import search as tuning  # noqa: E402
 
 SPACE = {
     "train.learning_rate": {"low": 0.0001, "high": 0.01, "log": True},
@@ -100,8 +100,8 @@ def test_winner_command_sets_every_searched_param_and_the_epochs():
     ],
 )
 def test_a_bad_space_names_the_entry(space: dict, fragment: str):
-    with pytest.raises(PipelineError, match="^params.yaml: .*" + fragment.replace("[", r"\[").replace("(", r"\(")):
-        parse({"tune": {"space": space}}, "params.yaml")
+    with pytest.raises(PipelineError, match="^settings.yaml: .*" + fragment.replace("[", r"\[").replace("(", r"\(")):
+        parse({"tune": {"space": space}}, "params.yaml", "settings.yaml")
 
 
 @pytest.mark.parametrize(
@@ -113,10 +113,10 @@ def test_a_bad_space_names_the_entry(space: dict, fragment: str):
     ],
 )
 def test_tune_checks_every_value_the_space_can_give(space: dict, fragment: str):
-    from imgclf.params import check_space
+    from imgclf.core.params import check_space
 
     p = parse({"tune": {"space": space}})  # the stages accept it: it fits the params' shape
-    with pytest.raises(PipelineError, match="^params.yaml: .*" + fragment):
+    with pytest.raises(PipelineError, match="^settings.yaml: .*" + fragment):
         check_space(p)
 
 

@@ -1,7 +1,7 @@
 """A stage's data as MLflow dataset inputs: what fills the UI's Dataset column and filter.
 
 MLflow's own dataset classes hash a sample of the data for their digest; ours carries the digest
-the pipeline already has (DVC's MD5, the prepared fingerprint; :mod:`imgclf.inputs`), shortened
+the pipeline already has (DVC's MD5, the prepared fingerprint; :mod:`imgclf.tracking.inputs`), shortened
 as MLflow shows digests, with the whole MD5 in the profile.
 """
 
@@ -11,7 +11,7 @@ import json
 import warnings
 from typing import Any
 
-from imgclf.result import DataInput
+from imgclf.tracking.result import DataInput
 
 CONTEXT_TAG = "mlflow.data.context"
 DIGEST_CHARS = 10  # MLflow recommends short digests; the profile keeps the whole MD5

@@ -1,11 +1,15 @@
-"""The pipeline run: one row per result, with the stage runs that made it hung under it.
+"""The top level of the runs table: one pipeline run per result, and one row that holds the
+stage runs no result has taken (yet).
 
-When the final stage finishes, :func:`record_pipeline` writes a *pipeline* run carrying every
-param that shaped the result and the final metrics, and hangs the runs of the earlier stages
-under it. Those are found by the fingerprint each stage made (the MD5 of the arrays for augment,
-of the model for train), which their runs carry as tags. A stage that DVC skipped as cached ran
-no code; its earlier run, already under an earlier pipeline run, is then linked by a small child
-run that copies its params and metrics, so every pipeline run shows every stage.
+Every stage run starts under the experiment's :func:`pending_row` ("runs without a result"): a
+training in progress, interrupted or stopped for good, an augment run on its own. When the
+closing stage finishes, :func:`record_pipeline` writes a *pipeline* run carrying every param that
+shaped the result and the final metrics, and moves the runs of the stages that made it under it.
+Those are found by the fingerprint each stage made (the MD5 of the arrays for augment, of the
+model for train), which their runs carry as tags. A stage that DVC skipped as cached ran no code;
+its earlier run, already under an earlier pipeline run, is then linked by a small child run that
+copies its params and metrics, so every pipeline run shows every stage. The pipeline run starts
+when the first of the stage runs it took started, so its Duration is how long the result took.
 """
 
 from __future__ import annotations
@@ -20,6 +24,14 @@ from imgclf.tracking.runs import TAG_LINKED_FROM, TAG_PARENT, TAG_STAGE, context
 log = logging.getLogger(__name__)
 
 PIPELINE = "pipeline"
+# The row that holds stage runs without a result: its stage tag and its name.
+PENDING = "pending"
+PENDING_NAME = "runs without a result"
+PENDING_NOTE = (
+    "Stage runs that no result has taken (yet): a training in progress, interrupted or stopped for "
+    "good, an augment run on its own (`dvc exp run augment`). Each moves under its pipeline run "
+    "when evaluate closes a result made with it."
+)
 # A stage run's own cost, not a fact about the result: not copied onto the pipeline run.
 STAGE_OVERHEAD = "timing/mlflow_seconds"
 # Machine figures (imgclf.tracking.system) belong to the stage run that was measured.
@@ -39,15 +51,40 @@ def find_stage_run(experiment_id: str, stage: str, tag: str, value: str):
     return runs[0] if runs else None
 
 
-def link_stage_run(pipeline_run_id: str, stage: str, source) -> str:
+def pending_row(experiment_id: str) -> str:
+    """The id of the experiment's "runs without a result" row, made on first use."""
+    import mlflow
+
+    from imgclf.tracking import store
+
+    with store.exclusive():  # two stages starting at once make one row (on the local store)
+        found = mlflow.MlflowClient().search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{TAG_STAGE}` = '{PENDING}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1,
+        )
+        if found:
+            return found[0].info.run_id
+        tags = {TAG_STAGE: PENDING, "mlflow.note.content": PENDING_NOTE}
+        return write_run(experiment_id, PENDING_NAME, tags, {}, {})
+
+
+def _unclaimed(run, pending_id: str | None) -> bool:
+    """Whether ``run`` is under no pipeline run yet."""
+    return run.data.tags.get(TAG_PARENT) in (None, pending_id)
+
+
+def link_stage_run(pipeline_run_id: str, stage: str, source, pending_id: str | None = None) -> str:
     """Hang ``source`` (a finished stage run) under the pipeline run; return the run shown there.
 
-    A run not yet under any pipeline is re-parented. One already under an earlier pipeline (DVC
-    skipped the stage as cached) gets a linking child run here with its params and metrics.
+    A run under no pipeline yet (under the ``pending_id`` row, or none) is moved there. One
+    already under an earlier pipeline (DVC skipped the stage as cached) gets a linking child run
+    here with its params and metrics.
     """
     import mlflow
 
-    if TAG_PARENT not in source.data.tags:
+    if _unclaimed(source, pending_id):
         mlflow.MlflowClient().set_tag(source.info.run_id, TAG_PARENT, pipeline_run_id)
         return source.info.run_id
     tags = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
@@ -110,6 +147,9 @@ def record_pipeline(
         else:
             sources[stage] = source
     final = client.get_run(final_run_id)
+    pending_id = pending_row(experiment_id)
+    fresh = [source for source in sources.values() if _unclaimed(source, pending_id)]
+    started = min(run.info.start_time for run in [*fresh, final])
     copied: dict[str, float] = {}
     facts: dict[str, Any] = {}
     for source in [*sources.values(), final]:
@@ -125,9 +165,10 @@ def record_pipeline(
         {**facts, **params},
         {k: v for k, v in {**copied, **metrics}.items() if k not in stepped},
         curves,
+        start_time=started,
     )
     datasets.copy(pipeline_id, [*sources.values(), final])
     client.set_tag(final_run_id, TAG_PARENT, pipeline_id)
     for stage, source in sources.items():
-        client.set_tag(pipeline_id, f"imgclf.{stage}_run_id", link_stage_run(pipeline_id, stage, source))
+        client.set_tag(pipeline_id, f"imgclf.{stage}_run_id", link_stage_run(pipeline_id, stage, source, pending_id))
     return pipeline_id

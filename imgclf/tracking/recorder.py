@@ -1,4 +1,5 @@
-"""The recorder: the one thing a stage uses to land in MLflow.
+"""The recorder: the one thing a stage uses to land in MLflow, and the two calls that work
+across stages.
 
 A stage entry point reads::
 
@@ -10,12 +11,18 @@ A stage entry point reads::
 
 On entering, the recorder opens the store and the stage's run, so a dead tracking server or a
 bad ``MLFLOW_TRACKING_URI`` stops the stage in seconds, before any work, not after hours of
-training. It logs the params that shape the stage (:data:`~imgclf.params.STAGE_PARAMS`), then
-what the stage reports as it goes (facts about the model, per-epoch metrics), then its
-:class:`~imgclf.result.StageResult`: metrics, fingerprints as tags, artifacts and the
+training. The run starts under the experiment's "runs without a result" row
+(:func:`~imgclf.tracking.lineage.pending_row`) and moves under its pipeline run when a result
+takes it. The recorder logs the params that shape the stage (:mod:`imgclf.pipeline`), then what
+the stage reports as it goes (facts about the model, per-epoch metrics), then its
+:class:`~imgclf.tracking.result.StageResult`: metrics, fingerprints as tags, artifacts and the
 Keras model. It closes the run FINISHED, FAILED or KILLED (Ctrl-C, SIGTERM), and logs
-``mlflow_seconds``, the wall time the stage spent in MLflow. After the final stage it writes
-the pipeline run (:func:`~imgclf.tracking.lineage.record_pipeline`).
+``mlflow_seconds``, the wall time the stage spent in MLflow.
+
+The stage that closes a result (evaluate) then calls, after its run ended:
+
+- :func:`close_result`: the pipeline run, one row per result, with the stage runs under it;
+- :func:`promote_champion`: the champion rule, with ``mlflow.register`` on.
 
 The store is opened in the foreground, not overlapped with the stage's work: the overlap saved
 about two seconds a stage and cost a second code path, a thread that decided whether worker
@@ -31,16 +38,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from imgclf.params import Params
-from imgclf.result import DataInput, StageResult
+from imgclf import pipeline
+from imgclf.core.params import Params
 from imgclf.tracking import datasets, lineage, runs, store
 from imgclf.tracking.models import log_keras_model, promote
+from imgclf.tracking.result import DataInput, StageResult
 
 log = logging.getLogger(__name__)
 
-FINAL_STAGE = "evaluate"
-# The fingerprint each stage makes, and the tag its runs carry it under.
-MAKES = {"augment": "data", "train": "model"}
+# The tag a stage's runs carry its fingerprint under (what it makes: imgclf.pipeline).
 FINGERPRINT_TAGS = {"data": runs.TAG_DATA_MD5, "model": runs.TAG_MODEL_MD5}
 # Whether evaluate moved the champion alias to its model ("true"/"false"), and why.
 TAG_PROMOTED = "imgclf.promoted"
@@ -50,8 +56,10 @@ TAG_PROMOTION = "imgclf.promotion"
 class Recorder:
     """Logs one stage's progress and result to its active run; made by :func:`recorder`."""
 
-    def __init__(self, p: Params, run_id: str):
+    def __init__(self, stage: str, p: Params, experiment_id: str, run_id: str):
+        self.stage = stage
         self.p = p
+        self.experiment_id = experiment_id
         self.run_id = run_id
         self.result: StageResult | None = None
         self.seconds = 0.0
@@ -120,43 +128,49 @@ def recorder(
     with ``inputs``, the data it reads, as its dataset inputs; see the module docstring."""
     start = time.perf_counter()
     experiment_id = store.setup(p.mlflow.experiment)
-    with runs.open_run(stage, experiment_id, p.shaping(stage), continue_run) as run:
-        rec = Recorder(p, run.info.run_id)
+    parent = lineage.pending_row(experiment_id)
+    with runs.open_run(stage, experiment_id, p.shaping(stage), continue_run, parent) as run:
+        rec = Recorder(stage, p, experiment_id, run.info.run_id)
         datasets.log(run.info.run_id, inputs or [])
-        promotion: dict[str, str] = {}
         rec.seconds = time.perf_counter() - start
         yield rec
         with rec._timed():
             import mlflow
 
-            if stage == FINAL_STAGE and rec.result is not None and p.mlflow.register_model:
-                promotion = _promote(p, rec.result, experiment_id)
-                mlflow.set_tags(promotion)
             mlflow.log_metric(lineage.STAGE_OVERHEAD, round(rec.seconds, 3))
+    if rec.result is not None and rec.result.summary:
+        log.info("%s [run %s]", rec.result.summary, run.info.run_id)
+
+
+def close_result(p: Params, rec: Recorder) -> str:
+    """Write the pipeline run of the result that ``rec`` recorded (its stage closes a result, see
+    :mod:`imgclf.pipeline`; its run has ended): every param that shaped the result, its metrics
+    and datasets, and the runs of the stages that made it hung under it. Returns its id."""
     result = rec.result
-    if stage == FINAL_STAGE and result is not None:
-        made_by = {
-            name: (FINGERPRINT_TAGS[kind], result.fingerprints[kind])
-            for name, kind in MAKES.items()
-            if kind in result.fingerprints
-        }
-        pipeline_id = lineage.record_pipeline(
-            experiment_id, run.info.run_id, p.shaping("pipeline"), _metrics(result.metrics), made_by
-        )
-        if promotion:
-            import mlflow
-
-            for key, value in promotion.items():
-                mlflow.MlflowClient().set_tag(pipeline_id, key, value)
-        log.info("pipeline run %s", pipeline_id)
-    if result is not None and result.summary:
-        log.info("%s [run %s]", result.summary, run.info.run_id)
+    if result is None or not pipeline.stage(rec.stage).closes_result:
+        raise ValueError(f"{rec.stage} recorded no result that closes a pipeline")
+    made_by = {
+        name: (FINGERPRINT_TAGS[kind], result.fingerprints[kind])
+        for name, kind in pipeline.makers().items()
+        if kind in result.fingerprints
+    }
+    pipeline_id = lineage.record_pipeline(
+        rec.experiment_id, rec.run_id, p.shaping(pipeline.RESULT), _metrics(result.metrics), made_by
+    )
+    log.info("pipeline run %s", pipeline_id)
+    return pipeline_id
 
 
-def _promote(p: Params, result: StageResult, experiment_id: str) -> dict[str, str]:
-    """Apply the champion rule (``evaluate.promote``) to the evaluated model; return the tags
-    that record the outcome on the run."""
-    made = lineage.find_stage_run(experiment_id, "train", runs.TAG_MODEL_MD5, result.fingerprints["model"])
+def promote_champion(p: Params, rec: Recorder, pipeline_id: str) -> bool:
+    """Apply the champion rule (``evaluate.promote``) to the model ``rec`` evaluated; tag the
+    outcome (promoted or not, and why) on its run and on the pipeline run. Returns whether the
+    alias moved."""
+    import mlflow
+
+    result = rec.result
+    made = lineage.find_stage_run(
+        rec.experiment_id, pipeline.maker("model"), runs.TAG_MODEL_MD5, result.fingerprints["model"]
+    )
     figures = {k: v for k, v in result.metrics.items() if "/" not in k}
     with store.exclusive():
         promoted, why = promote(
@@ -165,10 +179,14 @@ def _promote(p: Params, result: StageResult, experiment_id: str) -> dict[str, st
             p.evaluate.promote.min,
             figures,
             made.info.run_id if made else None,
-            experiment_id,
+            rec.experiment_id,
         )
     log.info("%s: %s", "promoted" if promoted else "not promoted", why)
-    return {TAG_PROMOTED: str(promoted).lower(), TAG_PROMOTION: why}
+    client = mlflow.MlflowClient()
+    for run_id in (rec.run_id, pipeline_id):
+        client.set_tag(run_id, TAG_PROMOTED, str(promoted).lower())
+        client.set_tag(run_id, TAG_PROMOTION, why)
+    return promoted
 
 
 def _metrics(metrics: dict[str, float]) -> dict[str, float]:

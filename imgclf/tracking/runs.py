@@ -11,7 +11,8 @@ import subprocess
 from collections.abc import Iterator
 from typing import Any
 
-from imgclf import interrupt, paths
+from imgclf.console import interrupt
+from imgclf.core import paths
 from imgclf.tracking import system
 
 log = logging.getLogger(__name__)
@@ -81,13 +82,19 @@ def _continue_run(run_id: str, experiment_id: str, stage: str):
 
 
 @contextlib.contextmanager
-def open_run(stage: str, experiment_id: str, params: dict[str, Any], continue_run: str | None = None) -> Iterator[Any]:
+def open_run(
+    stage: str,
+    experiment_id: str,
+    params: dict[str, Any],
+    continue_run: str | None = None,
+    parent: str | None = None,
+) -> Iterator[Any]:
     """The active run of ``stage`` (named after it) with ``params``, its machine figures
     sampled meanwhile (:mod:`~imgclf.tracking.system`); on leaving, it ends FINISHED, KILLED
-    (Ctrl-C, SIGTERM: see :mod:`imgclf.interrupt`) or FAILED (any other exception).
+    (Ctrl-C, SIGTERM: see :mod:`imgclf.console.interrupt`) or FAILED (any other exception).
 
     ``continue_run`` is the id of an interrupted run of the same stage to carry on (a resumed
-    training), if the store still has it.
+    training), if the store still has it; a new run starts under the run ``parent``, if given.
     """
     import mlflow
 
@@ -95,9 +102,8 @@ def open_run(stage: str, experiment_id: str, params: dict[str, Any], continue_ru
     os.environ.pop("MLFLOW_RUN_ID", None)
     active = _continue_run(continue_run, experiment_id, stage) if continue_run else None
     if active is None:
-        active = mlflow.start_run(
-            experiment_id=experiment_id, run_name=stage, tags=context_tags(stage), log_system_metrics=False
-        )
+        tags = {**context_tags(stage), **({TAG_PARENT: parent} if parent else {})}
+        active = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags, log_system_metrics=False)
     monitor = system.start(active.info.run_id)
     status = "FINISHED"
     try:
@@ -123,9 +129,11 @@ def write_run(
     params: dict[str, Any],
     metrics: dict[str, float],
     history: list[Any] = (),
+    start_time: int | None = None,
 ) -> str:
     """Create a run that records finished facts in one go; return its id. ``history`` holds
-    MLflow ``Metric`` entries logged as they are (with their steps), e.g. learning curves.
+    MLflow ``Metric`` entries logged as they are (with their steps), e.g. learning curves;
+    ``start_time`` (ms since the epoch; default now) is when what it records began.
 
     It ends FINISHED, or FAILED if writing it fails halfway (the error is raised).
     """
@@ -135,7 +143,7 @@ def write_run(
     from mlflow.entities import Metric, Param
 
     client = mlflow.MlflowClient()
-    run = client.create_run(experiment_id, tags=tags, run_name=name)
+    run = client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=name)
     run_id = run.info.run_id
     status = "FAILED"
     try:

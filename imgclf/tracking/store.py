@@ -13,8 +13,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from imgclf import paths
-from imgclf.errors import PipelineError
+from imgclf.core import paths
+from imgclf.core.errors import PipelineError
 
 # Fail fast on a dead tracking server instead of retrying for minutes (users may override).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")

@@ -1,7 +1,7 @@
 """Search the train params with Optuna: TPE proposes, a pruner stops poor trials, MLflow records
 every trial under one study run, and the winner becomes a ``dvc exp run`` command.
 
-A trial is exactly the train stage's training (:func:`imgclf.training.train`) on the prepared
+A trial is exactly the train stage's training (:func:`imgclf.training.fit.train`) on the prepared
 arrays, with the trial's params and ``tune.epochs`` epochs, judged by the stage's own monitor
 (``train.early_stopping.monitor``) at its best epoch. A trial with other augment params than
 params.yaml's trains on arrays prepared for them as the stage would (:func:`trial_data`). So the
@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgclf import paths
-from imgclf.errors import PipelineError
-from imgclf.params import Params, SpaceEntry, check_space, searchable, with_values
+from imgclf.core import paths
+from imgclf.core.errors import PipelineError
+from imgclf.core.params import Params, SpaceEntry, check_space, searchable, with_values
 
 log = logging.getLogger("tune")
 
@@ -232,7 +232,7 @@ def open_study(p: Params, o: Options, storage, url: str):
     which flag to use."""
     import optuna
 
-    from imgclf.monitor import Monitor
+    from imgclf.training.monitor import Monitor
 
     names = optuna.study.get_all_study_names(storage)
     where = shown(url)
@@ -295,10 +295,10 @@ def trial_data(p: Params, tp: Params, data):
     repository (``.imgclf/tune/``), keyed by those params and the stage's data."""
     import hashlib
 
-    from imgclf import dataset
-    from imgclf.augmentation import prepare
-    from imgclf.pool import default_workers, worker_pool
-    from imgclf.prepared import MANIFEST_FILE, fingerprint, load_prepared
+    from imgclf.core.prepared import MANIFEST_FILE, fingerprint, load_prepared
+    from imgclf.data import dataset
+    from imgclf.data.augmentation import prepare
+    from imgclf.data.pool import default_workers, worker_pool
 
     if tp.section("augment") == p.section("augment"):
         return data
@@ -318,7 +318,7 @@ def make_objective(p: Params, data, study_run_id: str, worker: str):
     import optuna
 
     from imgclf.tracking import study as tracked
-    from imgclf.training import train
+    from imgclf.training.fit import train
 
     monitor = p.train.early_stopping.monitor
 
@@ -477,13 +477,13 @@ def run(p: Params, o: Options) -> None:
     """The whole ``tune`` command for one process (``o.worker`` 0 is the one the user started)."""
     import optuna
 
-    from imgclf.cli import start_tensorflow_quietly
-    from imgclf.prepared import load_prepared
+    from imgclf.console.cli import start_tensorflow_quietly
+    from imgclf.core.prepared import load_prepared
     from imgclf.tracking import study as tracked
 
     if not p.tune.space:
         raise PipelineError(
-            "params.yaml: tune.space is empty: name the params to search (see the README's tune section)"
+            "settings.yaml: tune.space is empty: name the params to search (see the README's tune section)"
         )
     check_space(p)
     data = load_prepared(paths.PREPARED_DIR)

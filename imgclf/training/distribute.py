@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from imgclf import interrupt
-from imgclf.errors import PipelineError
-from imgclf.params import TrainParams
-from imgclf.streaming import shard_batches, validation_batches
+from imgclf.console import interrupt
+from imgclf.core.errors import PipelineError
+from imgclf.core.params import TrainParams
+from imgclf.training.streaming import shard_batches, validation_batches
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +113,12 @@ def is_multi_worker(strategy) -> bool:
 def fit_multi_worker(model, strategy, data, p: TrainParams, seed: int, session) -> None:
     """Synchronous data-parallel training over the workers of ``strategy``, step by step.
 
-    Each worker reads its own share of each epoch's rows (:func:`~imgclf.streaming.shard_batches`)
+    Each worker reads its own share of each epoch's rows (:func:`~imgclf.training.streaming.shard_batches`)
     in batches of ``batch_size / replicas``; the optimizer sums the gradients of all replicas,
     and the loss is averaged over the global batch, so one step equals one ``batch_size`` step
     on one device. Every worker runs the same number of steps per epoch (the collective ops
     would hang otherwise). Validation runs on each worker's own copy of the weights, which are
-    the same everywhere. ``session`` (:class:`~imgclf.training.Session`) gets the same keys
+    the same everywhere. ``session`` (:class:`~imgclf.training.fit.Session`) gets the same keys
     as ``model.fit`` gives.
 
     Every worker takes the same decisions at the same step: a signal on any worker rides along

@@ -16,10 +16,10 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from imgclf import dataset
-from imgclf.dataset import CHUNK, Decoded
-from imgclf.fileio import atomic_dir, pwrite_all
-from imgclf.prepared import LABELS_FILE, SPLITS, write_labels, write_manifest
+from imgclf.core.fileio import atomic_dir, pwrite_all
+from imgclf.core.prepared import LABELS_FILE, SPLITS, write_labels, write_manifest
+from imgclf.data import dataset
+from imgclf.data.dataset import CHUNK, Decoded
 
 ROTATE_RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR}
 
@@ -102,7 +102,7 @@ def write_prepared(
 
     Everything lands in a temporary folder that replaces ``out_dir`` only when complete. Arrays
     are filled through files, so none needs to fit in RAM; ``imap`` (see
-    :func:`imgclf.pool.worker_pool`) spreads the augmentation over processes.
+    :func:`imgclf.data.pool.worker_pool`) spreads the augmentation over processes.
 
     The manifest's digest of ``x_train.npy`` is the MD5 of its header and of the SHA-1s the
     workers computed of the chunks they wrote, so the largest file is never read back to hash
@@ -150,7 +150,7 @@ def write_prepared(
 
 def prepare(p, src: dataset.Source, out_dir: Path, imap: Callable = map, progress: bool = False):
     """Decode ``src``, split it and write the augmented arrays of ``p`` (a
-    :class:`~imgclf.params.Params`) into ``out_dir``; return (images per split, the originals'
+    :class:`~imgclf.core.params.Params`) into ``out_dir``; return (images per split, the originals'
     labels, the skipped files). The augment stage and ``tune`` (for a trial's augment params)
     both prepare data this way, so equal params give equal arrays."""
     import tempfile

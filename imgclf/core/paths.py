@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 PARAMS = ROOT / "params.yaml"
+SETTINGS = ROOT / "settings.yaml"  # read with PARAMS (imgclf.core.params.load)
 DEMO_DIR = ROOT / "data" / "demo"
 PREPARED_DIR = ROOT / "data" / "prepared"
 MODEL = ROOT / "models" / "model.h5"
+MODEL_RUN = ROOT / "models" / "model_run.json"  # the MLflow run that trained MODEL
 REPORTS = ROOT / "reports"
 
 AUGMENT_REPORT = REPORTS / "augment.json"
@@ -29,7 +31,7 @@ CONFUSION_PNG = REPORTS / "confusion.png"
 CURVES_PNG = REPORTS / "training_curves.png"
 MISCLASSIFIED_PNG = REPORTS / "misclassified.png"
 REPORT_HTML = REPORTS / "report.html"
-# The files inside PREPARED_DIR are named in imgclf.prepared.
+# The files inside PREPARED_DIR are named in imgclf.core.prepared.
 
 
 def store_root() -> Path:

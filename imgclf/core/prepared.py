@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.errors import PipelineError
-from imgclf.fileio import md5_file, md5_tree
+from imgclf.core.errors import PipelineError
+from imgclf.core.fileio import md5_file, md5_tree
 
 LABELS_FILE = "labels.json"
 MANIFEST_FILE = "manifest.json"

@@ -7,10 +7,7 @@ inside the model, so arrays stay uint8 on disk and the saved model takes raw 0..
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from imgclf.errors import PipelineError
-from imgclf.params import TrainParams
+from imgclf.core.params import TrainParams
 
 
 def build_model(image_size: int, n_classes: int, p: TrainParams):
@@ -99,16 +96,3 @@ def fuse_adam(optimizer) -> None:
         )
 
     optimizer.update_step = types.MethodType(update_step, optimizer)
-
-
-def load_model(path: Path):
-    """Load a saved ``.h5`` model for inference (not compiled; no code from the file is run)."""
-    import keras
-
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: model not found; train one first (dvc repro)")
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
-    except (OSError, ValueError) as err:
-        raise PipelineError(f"{path}: not a Keras model file ({str(err).splitlines()[0]})") from None

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from imgclf.fileio import atomic_dir
+from imgclf.core.fileio import atomic_dir
 
 
 def write_digits(out_dir: Path) -> dict[str, int]:

@@ -12,20 +12,23 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from imgclf.errors import PipelineError
+from imgclf import pipeline
+from imgclf.core.errors import PipelineError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
-# Which sections of params.yaml shape each stage's output: the stage's DVC params (dvc.yaml,
-# checked by tests/test_dvc_yaml.py) and the params of its MLflow run. "pipeline" is the pipeline
-# run's: everything that shaped the final result. The mlflow section shapes nothing.
-STAGE_PARAMS: dict[str, tuple[str, ...]] = {
-    "demo": (),
-    "augment": ("base", "data", "augment"),
-    "train": ("base", "train"),
-    "evaluate": ("evaluate",),
-    "pipeline": ("base", "data", "augment", "train"),
-}
+# Keys that shape no output: how a stage runs (worker processes, resume), where it records
+# (mlflow) and how `tune` searches. They live in settings.yaml beside params.yaml, which DVC does
+# not track: changing one reruns nothing, and `dvc exp show` has no column for them. A key or
+# section here, written in the other file, is an error that says where it belongs.
+SETTINGS = ("augment.workers", "train.resume", "mlflow", "tune")
+PARAMS_FILE = "params.yaml"
+SETTINGS_FILE = "settings.yaml"
+
+
+def is_setting(key: str) -> bool:
+    """Whether the dotted ``key`` (a section or a param) belongs in settings.yaml."""
+    return any(key == s or key.startswith(s + ".") for s in SETTINGS)
 
 
 class _Section(BaseModel):
@@ -243,9 +246,11 @@ class Params(_Section):
         return getattr(self, name).model_dump(by_alias=True)
 
     def shaping(self, stage: str) -> dict[str, Any]:
-        """The params that shape ``stage`` (see :data:`STAGE_PARAMS`), flattened as DVC and
-        MLflow name them: ``{"train.epochs": 5, ...}``."""
-        return flatten({name: self.section(name) for name in STAGE_PARAMS[stage]})
+        """The params that shape ``stage`` (its sections in :mod:`imgclf.pipeline`, less the
+        settings), or with ``"pipeline"`` the result, flattened as DVC and MLflow name them:
+        ``{"train.epochs": 5, ...}``."""
+        flat = flatten({name: self.section(name) for name in pipeline.sections(stage)})
+        return {k: v for k, v in flat.items() if not is_setting(k)}
 
 
 def searchable(p: Params) -> dict[str, Any]:
@@ -253,7 +258,7 @@ def searchable(p: Params) -> dict[str, Any]:
     return flatten({"train": p.section("train"), "augment": p.section("augment")})
 
 
-def check_space(p: Params, source: str = "params.yaml") -> None:
+def check_space(p: Params, source: str = SETTINGS_FILE) -> None:
     """Every value the space can give (its ends, its choices) is a valid param with the rest of
     ``p``; checked by ``tune``, not by the stages, so a space that does not fit another image
     size stops the search only, never ``dvc repro``."""
@@ -292,9 +297,11 @@ def feature_map_size(image_size: int, kernel_size: int, blocks: int) -> int:
     return size
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+def _format_error(err: ValidationError, source: str, settings_source: str | None = None) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if settings_source and is_setting(key):
+        source = settings_source
     kind = first["type"]
     if kind == "extra_forbidden":
         parent = first["loc"][:-1]
@@ -307,6 +314,9 @@ def _format_error(err: ValidationError, source: str) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if kind == "value_error" and not first["loc"]:
+        # A check across sections: its message starts with the key it is about.
+        if settings_source and is_setting(msg.split(":")[0].split(" ")[0]):
+            source = settings_source
         return f"{source}: {msg}"
     return f"{source}: '{key}' {msg[0].lower() + msg[1:]} (got {first.get('input')!r})"
 
@@ -321,8 +331,9 @@ def _allowed_keys(loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def parse(raw: Any, source: str = "params.yaml") -> Params:
-    """Validate an already-loaded mapping; raise :class:`PipelineError` naming the bad key."""
+def parse(raw: Any, source: str = PARAMS_FILE, settings_source: str | None = None) -> Params:
+    """Validate an already-loaded mapping of all sections; raise :class:`PipelineError` naming the
+    bad key and its file (``settings_source`` for a key of :data:`SETTINGS`)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -330,30 +341,81 @@ def parse(raw: Any, source: str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        raise PipelineError(_format_error(err, source)) from None
+        raise PipelineError(_format_error(err, source, settings_source)) from None
 
 
 def load(path: str | Path) -> Params:
-    """Read and validate a params file."""
+    """Read and validate a params file and the settings file beside it (see :data:`SETTINGS`;
+    a missing settings file means the defaults)."""
     path = Path(path)
+    raw = _read_yaml(path, missing="params file not found; run from the project root")
+    settings_path = path.with_name(SETTINGS_FILE)
+    settings = _read_yaml(settings_path, missing=None)
+    for source, mapping, wanted in ((path, raw, False), (settings_path, settings, True)):
+        if mapping is not None and not isinstance(mapping, dict):
+            raise PipelineError(f"{source.name}: expected a mapping of sections")
+        for key in flatten(mapping or {}, sections_too=True):
+            if any(setting.startswith(key + ".") for setting in SETTINGS):
+                continue  # a section holding both kinds (train, augment)
+            if is_setting(key) != wanted:
+                home = SETTINGS_FILE if is_setting(key) else PARAMS_FILE
+                why = "it shapes no output" if is_setting(key) else "it shapes outputs, so DVC tracks it"
+                raise PipelineError(f"{source.name}: '{key}' belongs in {home} ({why}): move it there")
+    return parse(_merge(raw or {}, settings or {}), path.name, settings_path.name)
+
+
+def _read_yaml(path: Path, missing: str | None) -> Any:
+    """A YAML file's content; a missing file is None, or an error saying ``missing``."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise PipelineError(f"{path}: params file not found; run from the project root") from None
+        if missing is None:
+            return None
+        raise PipelineError(f"{path}: {missing}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise PipelineError(f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
-    return parse(raw, str(path.name))
 
 
-def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"train": {"epochs": 5}}`` -> ``{"train.epochs": 5}``, as DVC and MLflow name params."""
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def split_settings(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A mapping of sections cut in two: what goes in params.yaml, what in settings.yaml."""
+    params: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str, p_out: dict[str, Any], s_out: dict[str, Any]) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if is_setting(name):
+                s_out[key] = value
+            elif isinstance(value, dict) and any(s.startswith(name + ".") for s in SETTINGS):
+                walk(value, name + ".", p_out.setdefault(key, {}), s_out.setdefault(key, {}))
+                if not s_out[key]:
+                    del s_out[key]
+            else:
+                p_out[key] = value
+
+    walk(raw, "", params, settings)
+    return params, settings
+
+
+def flatten(params: dict[str, Any], prefix: str = "", sections_too: bool = False) -> dict[str, Any]:
+    """``{"train": {"epochs": 5}}`` -> ``{"train.epochs": 5}``, as DVC and MLflow name params
+    (with ``sections_too``, each section also gets an entry of its own: ``{"train": {...}, ...}``)."""
     out: dict[str, Any] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(flatten(value, name + "."))
+            if sections_too:
+                out[name] = value
+            out.update(flatten(value, name + ".", sections_too))
         else:
             out[name] = value
     return out

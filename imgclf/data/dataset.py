@@ -17,8 +17,8 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from imgclf.errors import PipelineError
-from imgclf.images import BadImage, is_image_name, iter_files, load_image
+from imgclf.core.errors import PipelineError
+from imgclf.data.images import BadImage, is_image_name, iter_files, load_image
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def decode(
 ) -> Decoded:
     """Decode every file of ``src`` into a scratch file in ``scratch_dir``.
 
-    ``imap`` (see :func:`imgclf.pool.worker_pool`) spreads the work over processes. Unusable files are
+    ``imap`` (see :func:`imgclf.data.pool.worker_pool`) spreads the work over processes. Unusable files are
     skipped with one warning each, or stop everything under ``on_bad_image='fail'`` (the first
     in file order). The result does not depend on the number of processes.
     """

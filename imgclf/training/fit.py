@@ -2,15 +2,15 @@
 
 :func:`train` is what the train stage runs, on every worker of a multi-worker cluster alike.
 :class:`Session` is one training across interruptions: its history, the monitor's state (best
-epoch, early stopping, learning rate, see :mod:`imgclf.monitor`), where it stands (epoch and
-step), and its checkpoints (see :mod:`imgclf.checkpoint`). :func:`fit` drives Keras'
-``model.fit`` through it; the multi-worker step loop (:mod:`imgclf.distribute`) drives it too.
+epoch, early stopping, learning rate, see :mod:`imgclf.training.monitor`), where it stands (epoch and
+step), and its checkpoints (see :mod:`imgclf.training.checkpoint`). :func:`fit` drives Keras'
+``model.fit`` through it; the multi-worker step loop (:mod:`imgclf.training.distribute`) drives it too.
 
 What a checkpoint holds, so that a resumed run continues exactly where the last one stopped:
 every model variable (weights and the dropout layers' random-generator states), every optimizer
 variable (moments, step count, rate), the best epoch's weights, and in ``state.json`` the
 history, the monitor's state and the position. The data order of each epoch depends on the seed
-and the epoch alone (:func:`imgclf.streaming.epoch_order`), so the resumed run reads the same
+and the epoch alone (:func:`imgclf.training.streaming.epoch_order`), so the resumed run reads the same
 batches. A signal mid-epoch checkpoints at the end of the step it lands in, with the epoch's
 running metric totals, so the resumed epoch's figures cover the whole epoch.
 """
@@ -25,13 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from imgclf import interrupt
-from imgclf.checkpoint import Checkpoints
-from imgclf.errors import PipelineError
-from imgclf.monitor import Monitor
-from imgclf.params import Params, TrainParams
-from imgclf.prepared import Prepared
-from imgclf.progress import EpochProgress
+from imgclf.console import interrupt
+from imgclf.console.progress import EpochProgress
+from imgclf.core.errors import PipelineError
+from imgclf.core.params import Params, TrainParams
+from imgclf.core.prepared import Prepared
+from imgclf.training.checkpoint import Checkpoints
+from imgclf.training.monitor import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class Session:
 
     def restore(self) -> None:
         """Load the checkpoint's state, if any (none: a fresh start)."""
-        from imgclf.monitor import MonitorState
+        from imgclf.training.monitor import MonitorState
 
         state = self.store.state if self.store else None
         if not state:
@@ -236,10 +236,10 @@ def fit(model, data: Prepared, p: TrainParams, seed: int, session: Session | Non
     the last epoch or an early stop; return the best epoch's model and the history.
 
     ``model.fit`` does the work, except under a multi-worker strategy, which it cannot run in
-    Keras 3 (keras-team/keras#20585): :func:`~imgclf.distribute.fit_multi_worker` does it there.
+    Keras 3 (keras-team/keras#20585): :func:`~imgclf.training.distribute.fit_multi_worker` does it there.
     A first Ctrl-C or SIGTERM stops at the end of the step it lands in, after a checkpoint.
     """
-    from imgclf.distribute import fit_multi_worker, is_multi_worker
+    from imgclf.training.distribute import fit_multi_worker, is_multi_worker
 
     if session is None:
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
@@ -255,7 +255,7 @@ def fit(model, data: Prepared, p: TrainParams, seed: int, session: Session | Non
 def _fit_keras(model, data: Prepared, p: TrainParams, seed: int, session: Session) -> None:
     import keras
 
-    from imgclf.streaming import training_batches, validation_batches
+    from imgclf.training.streaming import training_batches, validation_batches
 
     x, y = data.x["train"], data.y["train"]
     val_ds = validation_batches(data, p.batch_size)
@@ -316,9 +316,9 @@ def _fit_keras(model, data: Prepared, p: TrainParams, seed: int, session: Sessio
 
 def prepare_model(p: Params, data: Prepared):
     """The strategy, the dtype policy and the compiled model, built under the strategy."""
-    from imgclf.distribute import make_strategy
-    from imgclf.model import build_model
-    from imgclf.runtime import seed_everything, set_precision
+    from imgclf.training.distribute import make_strategy
+    from imgclf.training.model import build_model
+    from imgclf.training.runtime import seed_everything, set_precision
 
     strategy = make_strategy(p.train.strategy)  # first: a multi-worker one sets TensorFlow up
     interrupt.take_back()

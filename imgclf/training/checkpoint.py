@@ -6,11 +6,11 @@ A training's checkpoints live in one folder, ``<root>/train-<key>``:
   (``DVC_ROOT``). That is outside DVC's outputs, which DVC deletes before a stage runs. Queued
   and ``--temp`` experiments, which run in throw-away copies, find their checkpoints there too.
 - The key is a digest of everything that shapes the model: the train params (all but
-  ``train.resume``), the prepared data's fingerprint, and the code (every ``imgclf`` module and
-  ``stages/train.py``, plus the TensorFlow and Keras versions). Experiments with different
+  settings), the prepared data's fingerprint, and the code that shapes the model (the train
+  stage's code deps in :mod:`imgclf.pipeline`, plus the TensorFlow and Keras versions). Experiments with different
   params never share a folder, and a stale checkpoint is never resumed.
 - ``state.json`` is the commit point: it names the TensorFlow checkpoint (``ckpt-N.*``, written
-  by :mod:`imgclf.training`) that matches it, and holds the rest of the state (epoch, step,
+  by :mod:`imgclf.training.fit`) that matches it, and holds the rest of the state (epoch, step,
   history, early-stopping and learning-rate state, the MLflow run). It is replaced atomically
   after the checkpoint it names is complete, so a kill at any moment leaves a consistent pair.
 - A ``lock`` (``flock``) keeps two processes from training into the same folder at once.
@@ -32,8 +32,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from imgclf import paths
-from imgclf.params import Params
+from imgclf import pipeline
+from imgclf.core import paths
+from imgclf.core.params import Params
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +52,25 @@ def checkpoints_root() -> Path:
     return paths.store_root() / ".imgclf" / "checkpoints"
 
 
-def code_digest() -> str:
-    """MD5 of the code that trains: the ``imgclf`` package, the train stage, TF and Keras versions."""
+def code_digest(root: Path | None = None) -> str:
+    """MD5 of the code that trains: the train stage's code deps (:mod:`imgclf.pipeline`, the same
+    files DVC hashes for it, under ``root``, by default the project's), TF and Keras versions.
+    Editing code that does not shape the model (evaluation, tuning, tracking) keeps a checkpoint."""
     import keras
     import tensorflow as tf
 
-    files = sorted((paths.ROOT / "imgclf").rglob("*.py")) + [paths.ROOT / "stages" / "train.py"]
+    root = root or paths.ROOT
+    files = pipeline.code_files("train", root)
     digest = hashlib.md5(f"tensorflow {tf.__version__} keras {keras.__version__}\n".encode())
     for path in files:
-        digest.update(f"{path.relative_to(paths.ROOT).as_posix()}\n".encode())
+        digest.update(f"{path.relative_to(root).as_posix()}\n".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
 def identity(p: Params, data_fingerprint: str) -> dict[str, Any]:
     """What a checkpoint must match to be resumed."""
-    params = {k: v for k, v in p.shaping("train").items() if k != "train.resume"}
+    params = p.shaping("train")
     return {"params": params, "data": data_fingerprint, "code": code_digest()}
 
 

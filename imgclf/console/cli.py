@@ -15,8 +15,8 @@ import re
 import sys
 from collections.abc import Callable
 
-from imgclf import interrupt
-from imgclf.errors import PipelineError
+from imgclf.console import interrupt
+from imgclf.core.errors import PipelineError
 
 
 def setup_logging() -> None:

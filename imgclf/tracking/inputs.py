@@ -1,6 +1,6 @@
 """What a stage reads, described as MLflow run inputs: names, DVC digests, the DVC remote.
 
-Plain data (:class:`~imgclf.result.DataInput`); :mod:`imgclf.tracking.datasets` turns it into
+Plain data (:class:`~imgclf.tracking.result.DataInput`); :mod:`imgclf.tracking.datasets` turns it into
 MLflow datasets. The digest of a folder of images is DVC's own MD5 of it (the ``md5`` that
 ``dvc.lock`` records for the augment stage's dependency), read from DVC's hash cache when DVC
 has just hashed it; the digest of a prepared split is the prepared fingerprint.
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf import paths
-from imgclf.fileio import md5_tree
-from imgclf.prepared import Prepared, fingerprint
-from imgclf.result import DataInput
+from imgclf.core import paths
+from imgclf.core.fileio import md5_tree
+from imgclf.core.prepared import Prepared, fingerprint
+from imgclf.tracking.result import DataInput
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _data_input(
 
 def source_input(root: Path, labels: list[str], y: list[int], ignored_files: int) -> DataInput:
     """The folder of class folders that augment reads (``root``), whose image files have the
-    class indices ``y``. (Not a :class:`~imgclf.dataset.Source`: train and evaluate import this
+    class indices ``y``. (Not a :class:`~imgclf.data.dataset.Source`: train and evaluate import this
     module, and must not depend on the decoding code.)"""
     return _data_input(
         root.name,

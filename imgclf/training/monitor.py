@@ -24,7 +24,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from imgclf.params import TrainParams
+from imgclf.core.params import TrainParams
 
 PLATEAU_PATIENCE_WITHOUT_STOPPING = 2
 
