@@ -1,4 +1,6 @@
-"""Stage ``train``: fit the CNN on ``data/prepared`` and save it as ``models/model.h5``.
+"""Stage ``train``: fit the CNN on ``data/prepared`` and save it as ``models/model.h5``, with the
+MLflow run that trained it in ``models/model_run.json`` (evaluate's dep: every training that ran
+is closed by an evaluation, even one that reproduced the locked model bit for bit).
 
 An interrupted training resumes from its last checkpoint, in the same MLflow run (see
 :mod:`imgclf.training.checkpoint`). With ``train.strategy: multi_worker`` the same command runs on every

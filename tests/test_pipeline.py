@@ -259,6 +259,69 @@ def test_changing_a_train_param_reruns_train_and_evaluate_only(project: Project)
     assert newest.data.params["train.epochs"] == "1"
 
 
+def test_a_fresh_clone_lands_whole_in_mlflow_even_when_training_reproduces_the_lock(project: Project, tmp_path: Path):
+    _commit(project)
+    clone = Project(tmp_path / "clone", project.env)
+    project.sh("git", "clone", "-q", str(project.root), str(clone.root))
+    out = clone.sh("dvc", "repro").stdout
+    # Training on this CPU gives the committed model bit for bit; evaluate runs all the same.
+    assert md5_file(clone.root / "models/model.h5") == md5_file(project.root / "models/model.h5")
+    assert "Running stage 'evaluate'" in out
+    (result,) = clone.runs("pipeline")
+    assert result.data.metrics["test_accuracy"] == pytest.approx(clone.json("reports/metrics.json")["test_accuracy"])
+    stage_runs = {name: clone.runs(name) for name in ("augment", "train", "evaluate")}
+    assert all(len(runs) == 1 and runs[0].info.status == "FINISHED" for runs in stage_runs.values()), stage_runs
+    for name, (run,) in stage_runs.items():
+        assert run.data.tags[tracking.TAG_PARENT] == result.info.run_id, name
+    # Its Duration spans the stages, from augment's start to evaluate's end.
+    assert result.info.start_time == stage_runs["augment"][0].info.start_time
+    assert result.info.end_time >= stage_runs["evaluate"][0].info.end_time
+    top = [r.info.run_name for r in clone.runs() if tracking.TAG_PARENT not in r.data.tags]
+    assert sorted(top) == ["pipeline", "runs without a result"]
+    # A second repro adds no run.
+    before = len(clone.runs())
+    assert "Running stage" not in clone.sh("dvc", "repro").stdout
+    assert len(clone.runs()) == before
+
+
+def test_exp_show_fits_a_screen_without_flags(template: Project):
+    header = template.sh("dvc", "exp", "show", "--csv").stdout.splitlines()[0].split(",")
+    assert len(header) <= 60, (len(header), header)
+    # No settings (they shape no stage) and no single code files among the columns.
+    assert not [c for c in header if c.startswith(("tune.", "mlflow.")) or c in ("train.resume", "augment.workers")]
+    assert not [c for c in header if c.startswith("imgclf/") and c.endswith(".py")], header
+
+
+def test_editing_code_that_shapes_no_output_reruns_nothing_and_keeps_the_checkpoint(project: Project):
+    from imgclf.training.checkpoint import code_digest
+
+    root = project.root
+
+    def status() -> dict:
+        return json.loads(project.sh("dvc", "status", "--json").stdout or "{}")
+
+    def edit(rel: str) -> None:
+        with open(root / rel, "a", encoding="utf-8") as fh:
+            fh.write("\n# an edit\n")
+
+    assert status() == {}
+    key = code_digest(root)
+    for rel in ("imgclf/tracking/recorder.py", "imgclf/tracking/system.py", "imgclf/console/progress.py"):
+        edit(rel)
+    (root / "imgclf/training/__pycache__").mkdir(exist_ok=True)
+    (root / "imgclf/training/__pycache__/fit.cpython-311.pyc").write_bytes(b"bytecode")
+    assert status() == {}
+    # Evaluation and tuning code rerun evaluate at most; a training's checkpoint stays resumable.
+    edit("imgclf/evaluation/scoring.py")
+    edit("imgclf/tuning/search.py")
+    assert code_digest(root) == key
+    assert set(status()) == {"evaluate"}
+    # Training code is the train stage's: it reruns, and a checkpoint of the old code is not resumed.
+    edit("imgclf/training/fit.py")
+    assert code_digest(root) != key
+    assert set(status()) == {"train", "evaluate"}
+
+
 def test_plots_render(project: Project):
     project.sh("dvc", "plots", "show", "-o", "plots_out")
     html = (project.root / "plots_out" / "index.html").read_text()
@@ -351,7 +414,7 @@ def test_sigterm_during_training_keeps_the_previous_model(project: Project, tmp_
     (killed,) = _new_runs(project, "train", trains)
     assert killed.info.status == "KILLED"
     assert md5_file(model) == before
-    assert sorted(p.name for p in model.parent.iterdir()) == [".gitignore", "model.h5"]
+    assert sorted(p.name for p in model.parent.iterdir()) == [".gitignore", "model.h5", "model_run.json"]
 
 
 def test_queued_experiments_in_parallel_all_land_in_the_main_store(project: Project):
