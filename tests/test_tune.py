@@ -16,6 +16,9 @@ import yaml
 
 from .helpers import Project
 
+# Each test runs the real pipeline and a study on a copy of the project.
+pytestmark = pytest.mark.slow
+
 optuna = pytest.importorskip("optuna")
 
 # Tiny: 2 epochs a trial; the bad learning rate below makes Adam diverge at once.
