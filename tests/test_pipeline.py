@@ -77,24 +77,40 @@ def test_repro_writes_metrics_model_and_reports(template: Project):
     assert model.predict(x_test, verbose=0).shape == (6, 3)
 
 
-def test_every_stage_is_in_mlflow_under_one_pipeline_run(template: Project):
-    project = template
+def _stage_runs(project: Project) -> tuple:
+    """The template's pipeline run and its augment, train and evaluate runs (one each)."""
     (pipeline,) = project.runs("pipeline")
     stages = {name: project.runs(name) for name in ("augment", "train", "evaluate")}
     assert all(len(runs) == 1 for runs in stages.values()), {k: len(v) for k, v in stages.items()}
-    for name, (run,) in stages.items():
+    return pipeline, *(stages[n][0] for n in ("augment", "train", "evaluate"))
+
+
+def test_every_stage_run_finishes_under_one_pipeline_run(template: Project):
+    pipeline, *stage_runs = _stage_runs(template)
+    for name, run in zip(("augment", "train", "evaluate"), stage_runs):
         assert run.info.status == "FINISHED"
         assert run.data.tags[tracking.TAG_PARENT] == pipeline.info.run_id, name
         assert run.data.tags[tracking.TAG_STAGE] == name
         assert len(run.data.tags[tracking.TAG_GIT_COMMIT]) == 40
-    augment, train, evaluate = (stages[n][0] for n in ("augment", "train", "evaluate"))
-    # Params: each stage its own sections; the pipeline run all that shaped the result.
+    # Fingerprints link the stages.
+    _, augment, train, _ = _stage_runs(template)
+    assert augment.data.tags[tracking.TAG_DATA_MD5] == train.data.tags[tracking.TAG_DATA_MD5]
+    assert train.data.tags[tracking.TAG_MODEL_MD5] == md5_file(template.root / "models/model.h5")
+
+
+def test_each_run_has_the_params_that_shape_it_and_the_pipeline_run_all_of_them(template: Project):
+    pipeline, augment, train, _ = _stage_runs(template)
     assert augment.data.params["data.image_size"] == "16" and "train.epochs" not in augment.data.params
     assert train.data.params["train.epochs"] == "2" and train.data.params["base.seed"] == "42"
     assert {"data.source", "augment.flip", "train.epochs", "base.seed"} <= set(pipeline.data.params)
-    # Counts are params; metrics are per-epoch curves, test scores and speed (the pipeline row
-    # has them too), named to fall into groups in the chart view.
+    # Settings shape nothing: no run has them.
+    assert not [k for k in pipeline.data.params if k in ("train.resume", "augment.workers") or k.startswith("mlflow.")]
+    # Counts are params.
     assert augment.data.params["dataset.images"] == pipeline.data.params["dataset.images"] == "24"
+
+
+def test_metrics_fall_into_groups_and_the_pipeline_run_has_the_results(template: Project):
+    pipeline, augment, train, evaluate = _stage_runs(template)
     augment_speed = {"timing/augment_seconds", "timing/augment_images_per_second"}
     assert set(augment.data.metrics) - _system(augment) == augment_speed | {_OWN}
     assert set(train.data.metrics) - _system(train) == {
@@ -109,10 +125,17 @@ def test_every_stage_is_in_mlflow_under_one_pipeline_run(template: Project):
     trained = set(train.data.metrics) - _system(train) - {_OWN}
     assert set(pipeline.data.metrics) == overall | per_class | trained | augment_speed
     # ... with the learning curves, epoch by epoch.
-    curve = mlflow.MlflowClient(project.tracking_uri).get_metric_history(pipeline.info.run_id, "val_loss")
-    assert [m.step for m in curve] == [1, 2]
-    # The data each run read, as dataset inputs: DVC's MD5 of the images, the prepared fingerprint.
-    lock = yaml.safe_load((project.root / "dvc.lock").read_text())
+    client = mlflow.MlflowClient(template.tracking_uri)
+    assert [m.step for m in client.get_metric_history(pipeline.info.run_id, "val_loss")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(train.info.run_id, "val_loss")] == [1, 2]
+    metrics = template.json("reports/metrics.json")
+    assert evaluate.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert pipeline.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+
+
+def test_dataset_inputs_carry_dvc_digests(template: Project):
+    pipeline, augment, train, evaluate = _stage_runs(template)
+    lock = yaml.safe_load((template.root / "dvc.lock").read_text())
     source_md5 = next(d["md5"] for d in lock["stages"]["augment"]["deps"] if d["path"] == "data/tiny")
     prepared = augment.data.tags[tracking.TAG_DATA_MD5]
     expected = {
@@ -121,33 +144,21 @@ def test_every_stage_is_in_mlflow_under_one_pipeline_run(template: Project):
         ("tiny/val", prepared[:10], "val"),
         ("tiny/test", prepared[:10], "test"),
     }
-    uri = project.tracking_uri
+    uri = template.tracking_uri
     assert _inputs(uri, pipeline) == expected
     assert _inputs(uri, augment) | _inputs(uri, train) | _inputs(uri, evaluate) == expected
-    mlflow.set_tracking_uri(project.tracking_uri)  # MLflow resolves logged models through the global URI
+
+
+def test_the_model_and_reports_are_artifacts_beside_the_store(template: Project):
+    _, _, train, evaluate = _stage_runs(template)
+    mlflow.set_tracking_uri(template.tracking_uri)  # MLflow resolves logged models through the global URI
     client = mlflow.MlflowClient()
-    assert [m.step for m in client.get_metric_history(train.info.run_id, "val_loss")] == [1, 2]
-    metrics = project.json("reports/metrics.json")
-    assert evaluate.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
-    assert pipeline.data.metrics["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
-    # Fingerprints link the stages.
-    assert augment.data.tags[tracking.TAG_DATA_MD5] == train.data.tags[tracking.TAG_DATA_MD5]
-    assert train.data.tags[tracking.TAG_MODEL_MD5] == md5_file(project.root / "models/model.h5")
-    # The .h5 is an artifact of the train run, stored beside the project's store.
     artifacts = [a.path for a in client.list_artifacts(train.info.run_id, "model")]
     assert artifacts == ["model/labels.json", "model/model.h5"]
     assert "keras_model/MLmodel" in {a.path for a in client.list_artifacts(train.info.run_id, "keras_model")}
-    (version,) = client.search_model_versions("name = 'image-classifier'")
-    assert version.run_id == train.info.run_id
-    # The first evaluated version becomes the champion; the runs say so, the version has its figures.
-    assert client.get_model_version_by_alias("image-classifier", "champion").version == version.version
-    assert evaluate.data.tags["imgclf.promoted"] == "true"
-    assert pipeline.data.tags["imgclf.promotion"] == evaluate.data.tags["imgclf.promotion"]
-    assert pipeline.data.tags["imgclf.promoted"] == "true"
-    assert float(version.tags["imgclf.test_accuracy"]) == pytest.approx(metrics["test_accuracy"])
     local = Path(mlflow.artifacts.download_artifacts(run_id=train.info.run_id, artifact_path="model/model.h5"))
-    assert md5_file(local) == md5_file(project.root / "models/model.h5")
-    assert (project.root / "mlartifacts").is_dir()
+    assert md5_file(local) == md5_file(template.root / "models/model.h5")
+    assert (template.root / "mlartifacts").is_dir()
     reports = {a.path for a in client.list_artifacts(evaluate.info.run_id, "reports")}
     assert {
         "reports/metrics.json",
@@ -156,6 +167,19 @@ def test_every_stage_is_in_mlflow_under_one_pipeline_run(template: Project):
         "reports/report.html",
         "reports/misclassified.png",
     } <= reports
+
+
+def test_the_first_registered_model_becomes_champion_and_the_runs_say_so(template: Project):
+    pipeline, _, train, evaluate = _stage_runs(template)
+    client = mlflow.MlflowClient(template.tracking_uri)
+    (version,) = client.search_model_versions("name = 'image-classifier'")
+    assert version.run_id == train.info.run_id
+    assert client.get_model_version_by_alias("image-classifier", "champion").version == version.version
+    assert evaluate.data.tags["imgclf.promoted"] == "true"
+    assert pipeline.data.tags["imgclf.promotion"] == evaluate.data.tags["imgclf.promotion"]
+    assert pipeline.data.tags["imgclf.promoted"] == "true"
+    metrics = template.json("reports/metrics.json")
+    assert float(version.tags["imgclf.test_accuracy"]) == pytest.approx(metrics["test_accuracy"])
 
 
 def test_predict_from_the_pipeline_a_run_and_the_registry(project: Project):

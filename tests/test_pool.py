@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
 from imgclf.data.pool import worker_pool
+
+from .helpers import ROOT
 
 
 def _square_or_fail(n: int) -> int:
@@ -29,10 +33,25 @@ def test_worker_pool_keeps_order_and_raises_task_errors():
             list(imap(_square_or_fail, [1]))
 
 
-def test_worker_pool_raises_when_a_worker_dies():
-    import time
+# Run in a process of its own, so that a hang fails the test (after 60 s) instead of hanging it.
+_DEAD_WORKER = """
+import os, signal
+from imgclf.data.pool import worker_pool
 
-    start = time.perf_counter()
-    with pytest.raises(RuntimeError, match="died"), worker_pool(2) as imap:
-        list(imap(_square_or_fail, [1, 2, 3, -1, 5, 6]))
-    assert time.perf_counter() - start < 60  # and no hang
+def square_or_die(n):
+    if n == -1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return n * n
+
+try:
+    with worker_pool(2) as imap:
+        list(imap(square_or_die, [1, 2, 3, -1, 5, 6]))
+except RuntimeError as err:
+    print("raised:", err)
+"""
+
+
+def test_worker_pool_raises_when_a_worker_dies_instead_of_hanging():
+    proc = subprocess.run([sys.executable, "-c", _DEAD_WORKER], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("raised:") and "died" in proc.stdout, proc.stdout

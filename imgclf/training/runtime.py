@@ -32,22 +32,25 @@ def bf16_cpu() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(setting: str) -> str:
+def resolve_precision(setting: str, gpu: bool | None = None, bf16: bool | None = None) -> str:
     """The Keras dtype policy for ``train.mixed_precision``.
 
     ``auto`` picks ``mixed_float16`` on a GPU, ``mixed_bfloat16`` on a CPU with native bfloat16
     (about twice the float32 speed there) and plain ``float32`` elsewhere. Weights and the
-    softmax stay float32 in every case.
+    softmax stay float32 in every case. ``gpu`` and ``bf16`` say what this machine has (default:
+    look).
     """
     if setting == "off":
         return "float32"
     if setting in ("bfloat16", "float16"):
         return f"mixed_{setting}"
-    import tensorflow as tf
+    if gpu is None:
+        import tensorflow as tf
 
-    if tf.config.list_physical_devices("GPU"):
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+    if gpu:
         return "mixed_float16"
-    return "mixed_bfloat16" if bf16_cpu() else "float32"
+    return "mixed_bfloat16" if (bf16_cpu() if bf16 is None else bf16) else "float32"
 
 
 def set_precision(setting: str) -> str:
