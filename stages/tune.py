@@ -3,18 +3,29 @@
     python -m stages.tune --trials 20 [--timeout 2h] [--jobs 2] [--resume] [--apply]
 
 Every trial is an MLflow run nested under the study's run; the best params come out as a
-``dvc exp run`` command, which ``--apply`` runs. See :mod:`imgclf.tuning.search` and the README.
+``dvc exp run`` command, which ``--apply`` runs. See :mod:`imgclf.tuning.search` and docs/tuning.md.
+This module is the command: its arguments, the study's other processes, what it prints, and
+the winner's ``dvc exp run``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import re
+import shlex
+import subprocess
+import sys
 
 from imgclf.console.cli import main
 from imgclf.core import paths
+from imgclf.core.errors import PipelineError
 from imgclf.core.params import load
-from imgclf.tuning.search import Options, run
+from imgclf.tuning import search
+from imgclf.tuning.search import Options
+
+log = logging.getLogger("tune")
 
 
 def duration(text: str) -> float:
@@ -56,10 +67,71 @@ def parse_args(argv: list[str] | None = None) -> Options:
     )
 
 
+def spawn_workers(o: Options) -> list[subprocess.Popen]:
+    """The study's other ``--jobs`` processes: this command again, joining the study."""
+    procs = []
+    for k in range(1, o.jobs):
+        cmd = [sys.executable, "-m", "stages.tune", "--resume", "--study", o.study, "--trials", str(o.trials)]
+        cmd += ["--worker", str(k)]
+        if o.storage:
+            cmd += ["--storage", o.storage]
+        if o.timeout:
+            cmd += ["--timeout", str(o.timeout)]
+        procs.append(subprocess.Popen(cmd, cwd=paths.ROOT))
+    return procs
+
+
+def report(o: Options, out: search.Outcome) -> None:
+    """The study's outcome and the winner's command, on stdout."""
+    c = out.counts
+    print(
+        f"study {o.study}: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed (MLflow run {out.run_id})"
+    )
+    if out.best is None:
+        return
+    line = f"best: trial {out.best.number}, {out.monitor} {out.best.value:.4f}"
+    if out.baseline_value is not None:
+        line += f" (params.yaml's values: {out.baseline_value:.4f})"
+    print(line)
+    print("reproduce it as a DVC experiment:")
+    print("  " + out.command)
+
+
+def apply_winner(out: search.Outcome) -> None:
+    """Run the winner's ``dvc exp run``: the final model comes from the normal pipeline."""
+    if out.command is None:
+        raise PipelineError("no trial completed: there is no winner to run")
+    log.info("running %s", out.command)
+    done = subprocess.run(shlex.split(out.command), cwd=paths.ROOT, check=False)
+    if done.returncode != 0:
+        raise PipelineError(f"{out.command} failed (exit {done.returncode}); the study is kept: rerun it by hand")
+
+
 def tune(argv: list[str] | None = None) -> None:
     o = parse_args(argv)
-    run(load(paths.PARAMS), o)
+    s = search.open_search(load(paths.PARAMS), o)
+    # The other processes start before this one imports TensorFlow (in optimize), so all of
+    # them import it at once and start work together.
+    procs = spawn_workers(o) if o.worker == 0 and o.jobs > 1 else []
+    status = "FAILED"
+    try:
+        search.optimize(s)
+        for proc in procs:
+            proc.wait()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        outcome = search.conclude(s, status) if o.worker == 0 else None
+        if outcome is not None:
+            report(o, outcome)
+    if outcome is not None and o.apply:
+        apply_winner(outcome)
 
 
 if __name__ == "__main__":
-    main("tune", tune)  # TensorFlow starts once the study is open (imgclf.tuning.search.run)
+    main("tune", tune)

@@ -155,7 +155,7 @@ def test_tensorflow_starts_without_its_chatter_but_other_lines_pass(tmp_path):
     code = (
         "import os, sys\n"
         "from imgclf.console import cli\n"
-        "real = cli._STARTUP_CHATTER\n"
+        "real = cli.internals.TF_STARTUP_CHATTER\n"
         "cli.start_tensorflow_quietly()\n"
         "print('stage line', file=sys.stderr)\n"
         "print(bool(real.match('E0000 00:00:1795.5   30259 cuda_platform.cc:52] failed call to cuInit')),\n"

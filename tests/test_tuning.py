@@ -11,7 +11,7 @@ from imgclf.core.params import parse
 
 optuna = pytest.importorskip("optuna")
 
-from imgclf.tuning import search as tuning  # noqa: E402
+from imgclf.tuning import space, storage, winner  # noqa: E402
 
 SPACE = {
     "train.learning_rate": {"low": 0.0001, "high": 0.01, "log": True},
@@ -37,10 +37,10 @@ def test_a_trial_gets_values_as_params_yaml_spells_them():
             "train.lr_schedule": "cosine",
         }
     )
-    values = tuning.suggest(trial, p)
+    values = space.suggest(trial, p)
     assert values["train.conv_filters"] == [16, 32]  # a list choice comes back as a list
     assert values["train.dense_units"] == 128 and isinstance(values["train.dense_units"], int)
-    tp = tuning.trial_params(p, values)
+    tp = space.trial_params(p, values)
     assert tp.train.conv_filters == [16, 32]
     assert tp.train.learning_rate == 0.002 and tp.train.lr_schedule == "cosine"
     assert tp.train.epochs == 3  # the study's budget, not params.yaml's
@@ -50,7 +50,7 @@ def test_a_trial_gets_values_as_params_yaml_spells_them():
 def test_the_first_trial_is_params_yaml_own_values_where_the_space_has_them():
     # params.yaml's batch_size 32 and conv_filters [32, 64] are choices; dense_units 512 is out
     # of its range, so the sampler picks it.
-    first = tuning.baseline(_params())
+    first = space.baseline(_params())
     assert first == {
         "train.learning_rate": 0.001,
         "train.batch_size": 32,
@@ -61,10 +61,10 @@ def test_the_first_trial_is_params_yaml_own_values_where_the_space_has_them():
 
 def test_enqueue_reads_lists_and_names_bad_keys():
     p = _params()
-    got = tuning.parse_enqueue("train.conv_filters=[32,64], train.learning_rate=5e-3", p)
+    got = space.parse_enqueue("train.conv_filters=[32,64], train.learning_rate=5e-3", p)
     assert got == {"train.conv_filters": "[32, 64]", "train.learning_rate": 0.005}
     with pytest.raises(PipelineError, match="train.epochs=3.*one of tune.space: train.learning_rate"):
-        tuning.parse_enqueue("train.epochs=3", p)
+        space.parse_enqueue("train.epochs=3", p)
 
 
 def test_winner_command_sets_every_searched_param_and_the_epochs():
@@ -80,7 +80,7 @@ def test_winner_command_sets_every_searched_param_and_the_epochs():
                 params={"train.learning_rate": lr, "train.conv_filters": "[16, 32]"}, distributions=dists, value=value
             )
         )
-    cmd = tuning.winner_command(p, study)
+    cmd = winner.winner_command(p, study)
     assert cmd[:5] == ["dvc", "exp", "run", "-n", "s-trial-1"]
     sets = [cmd[i + 1] for i, part in enumerate(cmd) if part == "-S"]
     assert sets == ["train.learning_rate=0.0031622776601683794", "train.conv_filters=[16,32]", "train.epochs=3"]
@@ -122,13 +122,13 @@ def test_tune_checks_every_value_the_space_can_give(space: dict, fragment: str):
 
 def test_storage_defaults_to_the_main_repository_and_takes_postgres_urls(monkeypatch: pytest.MonkeyPatch, tmp_path):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    assert tuning.storage_url(None) == f"sqlite:///{tmp_path / 'optuna.db'}"
-    assert tuning.storage_url("postgresql://u@h:5/db") == "postgresql+psycopg://u@h:5/db"
-    assert tuning.storage_url("sqlite:///x.db") == "sqlite:///x.db"
+    assert storage.storage_url(None) == f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert storage.storage_url("postgresql://u@h:5/db") == "postgresql+psycopg://u@h:5/db"
+    assert storage.storage_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
 def test_a_storage_password_is_never_shown():
     assert (
-        tuning.shown("postgresql+psycopg://ann:s3cret@db:5432/optuna") == "postgresql+psycopg://ann:***@db:5432/optuna"
+        storage.shown("postgresql+psycopg://ann:s3cret@db:5432/optuna") == "postgresql+psycopg://ann:***@db:5432/optuna"
     )
-    assert tuning.shown("sqlite:////x/optuna.db") == "sqlite:////x/optuna.db"
+    assert storage.shown("sqlite:////x/optuna.db") == "sqlite:////x/optuna.db"

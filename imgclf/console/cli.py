@@ -11,11 +11,11 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable
 
 from imgclf.console import interrupt
+from imgclf.core import internals
 from imgclf.core.errors import PipelineError
 
 
@@ -107,10 +107,7 @@ def exit_fast(code: int) -> None:
 
     # As the interpreter does at exit: first threading's own exit hooks (they tell thread pools,
     # e.g. MLflow's artifact downloads, to stop their idle workers), then join the other threads.
-    shutdown = getattr(threading, "_shutdown", None)
-    if shutdown is not None:
-        shutdown()
-    else:
+    if not internals.run_threading_exit_hooks():
         for thread in threading.enumerate():
             if thread is not threading.current_thread() and not thread.daemon:
                 thread.join()
@@ -122,21 +119,10 @@ def exit_fast(code: int) -> None:
     os._exit(code)
 
 
-# TensorFlow's start-up lines, written by its C++ runtime to file descriptor 2 before absl's
-# logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot hold them back: absl's info and warning
-# lines, its notice about them, the CPU-instruction notice, and on a machine without a GPU the
-# failed CUDA initialisation (an E line that users read as a failure).
-_STARTUP_CHATTER = re.compile(
-    r"^(?:[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] .*"
-    r"|E\d{4} [\d:.]+ +\d+ cuda_\S+:\d+\] .*"
-    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|To enable the following instructions: .*)$"
-)
-
-
 def start_tensorflow_quietly() -> None:
     """Import TensorFlow and find its devices with file descriptor 2 caught in a file; then pass
-    on every line of it but the start-up chatter (:data:`_STARTUP_CHATTER`). Call it before any
+    on every line of it but the start-up chatter
+    (:data:`~imgclf.core.internals.TF_STARTUP_CHATTER`). Call it before any
     other TensorFlow work: listing physical devices leaves them, and a multi-worker strategy,
     still to be set up."""
     import tempfile
@@ -154,6 +140,6 @@ def start_tensorflow_quietly() -> None:
             os.close(saved)
             caught.seek(0)
             text = caught.read().decode("utf-8", "replace")
-    kept = [line for line in text.splitlines() if line.strip() and not _STARTUP_CHATTER.match(line)]
+    kept = [line for line in text.splitlines() if line.strip() and not internals.TF_STARTUP_CHATTER.match(line)]
     if kept:
         print("\n".join(kept), file=sys.stderr)

@@ -11,7 +11,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -87,6 +87,38 @@ def _copy_rows(target: Path, source: np.ndarray, rows: np.ndarray, chunk: int = 
     out.flush()
 
 
+def _augment_train(
+    train_path: Path,
+    decoded: Decoded,
+    rows: list[int],
+    angles: list[float],
+    flip: bool,
+    resample: str,
+    imap: Callable,
+    progress: bool,
+) -> tuple[int, Any]:
+    """Fill ``train_path`` with every copy of the decoded ``rows``, chunk by chunk over ``imap``;
+    return the number of images and the file's digest (an MD5 of its header and the chunks' SHA-1s)."""
+    from tqdm import tqdm
+
+    shape = (len(rows) * copies_per_image(angles, flip),) + decoded.x.shape[1:]
+    header = np.lib.format.open_memmap(train_path, mode="w+", dtype=np.uint8, shape=shape)
+    offset = header.offset
+    header.flush()
+    del header
+    tasks = [
+        AugmentTask(str(decoded.path), str(train_path), offset, i, rows[i : i + CHUNK], angles, flip, resample)
+        for i in range(0, len(rows), CHUNK)
+    ]
+    with open(train_path, "rb") as fh:
+        digest = hashlib.md5(fh.read(offset))
+    with tqdm(total=len(rows), desc="augment", unit="img", disable=not progress) as bar:
+        for done, chunk_sha1 in imap(_augment_chunk, tasks):
+            digest.update(bytes.fromhex(chunk_sha1))
+            bar.update(done)
+    return shape[0], digest
+
+
 def write_prepared(
     out_dir: Path,
     decoded: Decoded,
@@ -108,33 +140,15 @@ def write_prepared(
     workers computed of the chunks they wrote, so the largest file is never read back to hash
     it. Returns the number of images per split.
     """
-    from tqdm import tqdm
-
     sizes: dict[str, int] = {}
     copies = copies_per_image(angles, flip)
     with atomic_dir(out_dir) as tmp:
-        train_rows = decoded.rows[splits["train"]]
-        shape = (len(train_rows) * copies,) + decoded.x.shape[1:]
         train_path = tmp / "x_train.npy"
-        header = np.lib.format.open_memmap(train_path, mode="w+", dtype=np.uint8, shape=shape)
-        offset = header.offset
-        header.flush()
-        del header
-        rows = train_rows.tolist()
-        tasks = [
-            AugmentTask(
-                str(decoded.path), str(train_path), offset, i, rows[i : i + CHUNK], list(angles), flip, resample
-            )
-            for i in range(0, len(rows), CHUNK)
-        ]
-        with open(train_path, "rb") as fh:
-            train_digest = hashlib.md5(fh.read(offset))
-        with tqdm(total=len(rows), desc="augment", unit="img", disable=not progress) as bar:
-            for done, chunk_sha1 in imap(_augment_chunk, tasks):
-                train_digest.update(bytes.fromhex(chunk_sha1))
-                bar.update(done)
+        train_rows = decoded.rows[splits["train"]].tolist()
+        sizes["train"], train_digest = _augment_train(
+            train_path, decoded, train_rows, list(angles), flip, resample, imap, progress
+        )
         np.save(tmp / "y_train.npy", np.repeat(decoded.y[splits["train"]], copies))
-        sizes["train"] = shape[0]
         for name in SPLITS[1:]:
             _copy_rows(tmp / f"x_{name}.npy", decoded.x, decoded.rows[splits[name]])
             np.save(tmp / f"y_{name}.npy", decoded.y[splits[name]])

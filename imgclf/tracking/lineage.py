@@ -114,6 +114,23 @@ def _curves(client, run) -> list[Any]:
     return out
 
 
+def _sources(experiment_id: str, made_by: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """The finished run of each stage in ``made_by`` that made what its (tag, value) names."""
+    sources = {}
+    for stage, (tag, value) in made_by.items():
+        source = find_stage_run(experiment_id, stage, tag, value)
+        if source is None:
+            log.warning(
+                "no finished MLflow %s run has %s=%s (made with another store?); the pipeline run will lack it",
+                stage,
+                tag,
+                value,
+            )
+        else:
+            sources[stage] = source
+    return sources
+
+
 def record_pipeline(
     experiment_id: str,
     final_run_id: str,
@@ -134,18 +151,7 @@ def record_pipeline(
     import mlflow
 
     client = mlflow.MlflowClient()
-    sources = {}
-    for stage, (tag, value) in made_by.items():
-        source = find_stage_run(experiment_id, stage, tag, value)
-        if source is None:
-            log.warning(
-                "no finished MLflow %s run has %s=%s (made with another store?); the pipeline run will lack it",
-                stage,
-                tag,
-                value,
-            )
-        else:
-            sources[stage] = source
+    sources = _sources(experiment_id, made_by)
     final = client.get_run(final_run_id)
     pending_id = pending_row(experiment_id)
     fresh = [source for source in sources.values() if _unclaimed(source, pending_id)]

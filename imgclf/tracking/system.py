@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 import time
 
+from imgclf.core import internals
+
 log = logging.getLogger(__name__)
 
 FIRST_INTERVAL = 1.0  # seconds between samples at the start
@@ -87,11 +89,11 @@ def start(run_id: str):
             def finish(self):
                 """Stop, and log the samples since the last point with one more taken now
                 (MLflow's own ``finish`` drops them: a short stage would get no figures)."""
-                if self._process is None:
+                stopped = internals.stop_system_monitor(self)
+                if stopped is None:
+                    return super().finish()
+                if not stopped:
                     return
-                self._shutdown_event.set()
-                self._process.join()
-                self._process = None
                 try:
                     self.collect_metrics()
                     self.publish_metrics(self.aggregate_metrics())

@@ -10,7 +10,7 @@ A training's checkpoints live in one folder, ``<root>/train-<key>``:
   stage's code deps in :mod:`imgclf.pipeline`, plus the TensorFlow and Keras versions). Experiments with different
   params never share a folder, and a stale checkpoint is never resumed.
 - ``state.json`` is the commit point: it names the TensorFlow checkpoint (``ckpt-N.*``, written
-  by :mod:`imgclf.training.fit`) that matches it, and holds the rest of the state (epoch, step,
+  by :class:`CheckpointWriter`) that matches it, and holds the rest of the state (epoch, step,
   history, early-stopping and learning-rate state, the MLflow run). It is replaced atomically
   after the checkpoint it names is complete, so a kill at any moment leaves a consistent pair.
 - A ``lock`` (``flock``) keeps two processes from training into the same folder at once.
@@ -122,6 +122,47 @@ class Checkpoints:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+class CheckpointWriter:
+    """Writes one training's TensorFlow checkpoint of ``variables`` (lists of variables by name)
+    into its :class:`Checkpoints` folder, then commits the state that names it.
+
+    With ``store`` None it writes nothing. A multi-worker cluster's non-chief worker takes part
+    in each save (it may involve collective ops) into a scratch folder of its own, then drops it:
+    the chief's checkpoint is the one kept.
+    """
+
+    def __init__(self, store: Checkpoints | None, **variables):
+        import tensorflow as tf
+
+        self.store = store
+        self.checkpoint = tf.train.Checkpoint(**variables)
+        self.counter = int(store.state.get("counter", 0)) if store and store.state else 0
+        self.manager = None
+        if store is not None and store.writer:
+            self.manager = tf.train.CheckpointManager(self.checkpoint, str(store.folder), max_to_keep=2)
+
+    def restore(self) -> dict[str, Any] | None:
+        """Load the committed checkpoint's variables; return its state (None: nothing to resume)."""
+        state = self.store.state if self.store else None
+        if not state:
+            return None
+        self.checkpoint.restore(str(self.store.folder / state["checkpoint"])).assert_existing_objects_matched()
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Write the variables, then commit ``state`` naming them (see :meth:`Checkpoints.commit`)."""
+        if self.store is None:
+            return
+        self.counter += 1
+        if self.manager is None:
+            scratch = self.store.folder / f".worker-{os.getpid()}"
+            self.checkpoint.write(str(scratch / "ckpt"))
+            shutil.rmtree(scratch, ignore_errors=True)
+            return
+        path = self.manager.save(checkpoint_number=self.counter)
+        self.store.commit({"checkpoint": path.rsplit("/", 1)[-1], "counter": self.counter, **state})
 
 
 def open_checkpoints(p: Params, data_fingerprint: str, writer: bool = True) -> Checkpoints | None:

@@ -1,10 +1,11 @@
 """Training: build the model under its strategy and fit it, resumably, one dict of metrics per epoch.
 
 :func:`train` is what the train stage runs, on every worker of a multi-worker cluster alike.
-:class:`Session` is one training across interruptions: its history, the monitor's state (best
-epoch, early stopping, learning rate, see :mod:`imgclf.training.monitor`), where it stands (epoch and
-step), and its checkpoints (see :mod:`imgclf.training.checkpoint`). :func:`fit` drives Keras'
-``model.fit`` through it; the multi-worker step loop (:mod:`imgclf.training.distribute`) drives it too.
+:class:`Session` is one training across interruptions: the hooks a loop calls, over its
+:class:`TrainingState` (history, the monitor's state, see :mod:`imgclf.training.monitor`, and
+where it stands: epoch and step), its :class:`BestWeights`, its progress display and its
+checkpoints (:mod:`imgclf.training.checkpoint`). :func:`fit` drives Keras' ``model.fit``
+through it; the multi-worker step loop (:mod:`imgclf.training.distribute`) drives it too.
 
 What a checkpoint holds, so that a resumed run continues exactly where the last one stopped:
 every model variable (weights and the dropout layers' random-generator states), every optimizer
@@ -22,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from imgclf.console import interrupt
@@ -30,8 +31,8 @@ from imgclf.console.progress import EpochProgress
 from imgclf.core.errors import PipelineError
 from imgclf.core.params import Params, TrainParams
 from imgclf.core.prepared import Prepared
-from imgclf.training.checkpoint import Checkpoints
-from imgclf.training.monitor import Monitor
+from imgclf.training.checkpoint import Checkpoints, CheckpointWriter
+from imgclf.training.monitor import Monitor, MonitorState
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,56 @@ class Trained:
         return self.history[self.best_epoch - 1]
 
 
+@dataclass
+class TrainingState:
+    """Where one training stands, across interruptions: beside the TensorFlow checkpoint, this is
+    what a checkpoint's ``state.json`` holds."""
+
+    monitor: MonitorState  # best epoch, early stopping, the plateau schedule's rate
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps completed of the epoch after that
+    partial: list[float] | None = None  # the epoch's running metric totals at ``step``
+    seconds: float = 0.0  # training time so far, every session together
+    images: int = 0  # training images seen so far
+    stopped: bool = False  # early stopping decided to stop
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = asdict(self)
+        raw["seconds"] = round(self.seconds, 3)
+        return raw
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainingState:
+        fields = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        fields["monitor"] = MonitorState.from_dict(raw["monitor"])
+        fields["history"] = [dict(row) for row in raw["history"]]
+        return cls(**fields)
+
+
+class BestWeights:
+    """A copy of the model's weights at its best epoch so far."""
+
+    def __init__(self, model):
+        import tensorflow as tf
+
+        self.model = model
+        self.variables = [tf.Variable(w, trainable=False) for w in model.weights]
+
+    def keep(self) -> None:
+        for best, current in zip(self.variables, self.model.weights, strict=True):
+            best.assign(current)
+
+    def restore(self) -> None:
+        for current, best in zip(self.model.weights, self.variables, strict=True):
+            current.assign(best)
+
+
 class Session:
-    """One training's state as it goes, with its checkpoints; see the module docstring."""
+    """One training as it goes: the hooks a training loop calls (:func:`fit`'s Keras callbacks,
+    the multi-worker step loop), which move its :class:`TrainingState`, keep the best weights,
+    show progress, write checkpoints (:class:`~imgclf.training.checkpoint.CheckpointWriter`) and
+    turn a pending signal into a stop after the step's checkpoint."""
 
     def __init__(
         self,
@@ -68,67 +117,43 @@ class Session:
         store: Checkpoints | None = None,
         on_epoch: EpochCallback | None = None,
     ):
-        import tensorflow as tf
-
-        self.model, self.p, self.store, self.on_epoch = model, p, store, on_epoch
+        self.model, self.p, self.on_epoch = model, p, on_epoch
         self.images_per_epoch = images_per_epoch
         self.steps = max(1, math.ceil(images_per_epoch / p.batch_size))
         self.monitor = Monitor(p)
-        self.state = self.monitor.initial()
-        self.history: list[dict[str, Any]] = []
-        self.epoch = 0  # epochs completed
-        self.step = 0  # steps completed of the epoch after that
-        self.partial: list[float] | None = None  # running metric totals at ``step``
-        self.seconds, self.images = 0.0, 0
-        self.stopped = False
+        self.state = TrainingState(self.monitor.initial())
         self.resumed_from = 0
         self.rate = p.learning_rate
         self.progress = EpochProgress(p.epochs, self.steps, p.batch_size, images_per_epoch)
         self._clock = time.perf_counter()
-        optimizer = model.optimizer
-        optimizer.build(model.trainable_variables)
-        self.best_weights = [tf.Variable(w, trainable=False) for w in model.weights]
-        self.checkpoint = tf.train.Checkpoint(
-            model=list(model.variables), optimizer=list(optimizer.variables), best=self.best_weights
+        model.optimizer.build(model.trainable_variables)
+        self.best = BestWeights(model)
+        self.writer = CheckpointWriter(
+            store, model=list(model.variables), optimizer=list(model.optimizer.variables), best=self.best.variables
         )
-        self.manager = None
-        self._counter = int(store.state.get("counter", 0)) if store and store.state else 0
-        if store is not None and store.writer:
-            self.manager = tf.train.CheckpointManager(self.checkpoint, str(store.folder), max_to_keep=2)
-
-    # -- resuming ------------------------------------------------------------------------------
 
     def restore(self) -> None:
-        """Load the checkpoint's state, if any (none: a fresh start)."""
-        from imgclf.training.monitor import MonitorState
-
-        state = self.store.state if self.store else None
-        if not state:
-            return
-        self.checkpoint.restore(str(self.store.folder / state["checkpoint"])).assert_existing_objects_matched()
-        self.history = [dict(row) for row in state["history"]]
-        self.state = MonitorState.from_dict(state["monitor"])
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.partial = state.get("partial")
-        self.seconds, self.images = float(state["seconds"]), int(state["images"])
-        self.stopped = bool(state["stopped"])
-        self.resumed_from = self.epoch
+        """Carry on from the checkpoint's state, if any (none: a fresh start)."""
+        saved = self.writer.restore()
+        if saved:
+            self.state = TrainingState.from_dict(saved)
+            self.resumed_from = self.state.epoch
 
     # -- the loop's hooks ----------------------------------------------------------------------
 
     def begin_epoch(self, epoch: int) -> None:
         """Set the epoch's learning rate and start its progress display."""
-        self.rate = self.monitor.learning_rate(epoch, self.state)
+        self.rate = self.monitor.learning_rate(epoch, self.state.monitor)
         self.model.optimizer.learning_rate.assign(self.rate)
-        self.progress.start(epoch, self.step)
+        self.progress.start(epoch, self.state.step)
 
     def end_step(self, epoch: int, step: int, totals: Callable[[], list[float]]) -> None:
         """After step ``step`` (from 1) of ``epoch``: on a pending signal, checkpoint here and stop."""
         self.progress.advance()
         if interrupt.requested():
-            self._count_time(images=self._images_between(self.step, step))
-            self.step, self.partial = step, totals()
-            self._save()
+            self._count_time(images=self._images_between(self.state.step, step))
+            self.state.step, self.state.partial = step, totals()
+            self.writer.save(self.state.to_dict())
             self.progress.close()
             log.info("checkpoint written at epoch %d, step %d of %d", epoch, step, self.steps)
             raise KeyboardInterrupt("interrupted")
@@ -136,58 +161,55 @@ class Session:
     def end_epoch(self, epoch: int, logs: dict[str, Any], check_signal: bool = True) -> bool:
         """Record epoch ``epoch``; keep its weights if best; checkpoint; return whether to stop."""
         self.progress.close()
-        row = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}}
-        row["learning_rate"] = self.rate
-        decision = self.monitor.update(self.state, epoch, row)
+        row = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}, "learning_rate": self.rate}
+        decision = self.monitor.update(self.state.monitor, epoch, row)
         if decision.improved:
-            for best, current in zip(self.best_weights, self.model.weights, strict=True):
-                best.assign(current)
-        self._count_time(images=self._images_between(self.step, self.steps))
-        self.history.append(row)
-        self.epoch, self.step, self.partial = epoch, 0, None
-        self.stopped = decision.stop
-        self._save()  # the last one too: a signal from here to the saved model loses nothing
-        log.info(
-            "epoch %d/%d: %s%s",
-            epoch,
-            self.p.epochs,
-            " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
-            " (best)" if decision.improved else "",
-        )
-        if self.on_epoch:
-            self.on_epoch(epoch, row)
-        if self.stopped:
-            log.info(
-                "early stopping: no %s better than epoch %d's %.4g for %d epochs",
-                self.monitor.name,
-                self.state.best_epoch,
-                self.state.best,
-                self.state.wait,
-            )
+            self.best.keep()
+        self._count_time(images=self._images_between(self.state.step, self.steps))
+        self.state.history.append(row)
+        self.state.epoch, self.state.step, self.state.partial = epoch, 0, None
+        self.state.stopped = decision.stop
+        self.writer.save(self.state.to_dict())  # the last one too: a signal from here on loses nothing
+        self._report(epoch, row, decision.improved)
         if check_signal and interrupt.requested():  # a signal during validation: its epoch is saved
             self.stop_at_epoch_end()
-        return self.stopped or epoch >= self.p.epochs
+        return self.state.stopped or epoch >= self.p.epochs
 
     def stop_at_epoch_end(self) -> None:
         """Stop after an epoch whose checkpoint is written (a signal came during its end)."""
-        log.info("checkpoint written at the end of epoch %d", self.epoch)
+        log.info("checkpoint written at the end of epoch %d", self.state.epoch)
         raise KeyboardInterrupt("interrupted")
 
     def finish(self) -> Trained:
         """The best epoch's weights in the model, and what the training did."""
         self.progress.close()
-        for current, best in zip(self.model.weights, self.best_weights, strict=True):
-            current.assign(best)
+        self.best.restore()
         return Trained(
             model=self.model,
-            history=self.history,
-            seconds=self.seconds,
-            images=self.images,
-            best_epoch=self.state.best_epoch,
+            history=self.state.history,
+            seconds=self.state.seconds,
+            images=self.state.images,
+            best_epoch=self.state.monitor.best_epoch,
             resumed_from_epoch=self.resumed_from,
         )
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _report(self, epoch: int, row: dict[str, Any], improved: bool) -> None:
+        """The epoch's log line (and early stopping's), then ``on_epoch``."""
+        figures = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
+        log.info("epoch %d/%d: %s%s", epoch, self.p.epochs, figures, " (best)" if improved else "")
+        if self.on_epoch:
+            self.on_epoch(epoch, row)
+        if self.state.stopped:
+            monitor = self.state.monitor
+            log.info(
+                "early stopping: no %s better than epoch %d's %.4g for %d epochs",
+                self.monitor.name,
+                monitor.best_epoch,
+                monitor.best,
+                monitor.wait,
+            )
 
     def _images_between(self, first_step: int, last_step: int) -> int:
         return min(last_step * self.p.batch_size, self.images_per_epoch) - min(
@@ -196,39 +218,9 @@ class Session:
 
     def _count_time(self, images: int) -> None:
         now = time.perf_counter()
-        self.seconds += now - self._clock
+        self.state.seconds += now - self._clock
         self._clock = now
-        self.images += images
-
-    def _save(self) -> None:
-        if self.store is None:
-            return
-        self._counter += 1
-        if self.manager is None:
-            # A non-chief worker takes part in the save (it may involve collective ops) into a
-            # scratch folder of its own, then drops it: the chief's checkpoint is the one kept.
-            import os
-            import shutil
-
-            scratch = self.store.folder / f".worker-{os.getpid()}"
-            self.checkpoint.write(str(scratch / "ckpt"))
-            shutil.rmtree(scratch, ignore_errors=True)
-            return
-        path = self.manager.save(checkpoint_number=self._counter)
-        self.store.commit(
-            {
-                "checkpoint": path.rsplit("/", 1)[-1],
-                "counter": self._counter,
-                "epoch": self.epoch,
-                "step": self.step,
-                "partial": self.partial,
-                "history": self.history,
-                "monitor": self.state.to_dict(),
-                "seconds": round(self.seconds, 3),
-                "images": self.images,
-                "stopped": self.stopped,
-            }
-        )
+        self.state.images += images
 
 
 def fit(model, data: Prepared, p: TrainParams, seed: int, session: Session | None = None, strategy=None) -> Trained:
@@ -236,10 +228,11 @@ def fit(model, data: Prepared, p: TrainParams, seed: int, session: Session | Non
     the last epoch or an early stop; return the best epoch's model and the history.
 
     ``model.fit`` does the work, except under a multi-worker strategy, which it cannot run in
-    Keras 3 (keras-team/keras#20585): :func:`~imgclf.training.distribute.fit_multi_worker` does it there.
+    Keras 3 (keras-team/keras#20585): :func:`~imgclf.training.multi_worker.fit_multi_worker` does it there.
     A first Ctrl-C or SIGTERM stops at the end of the step it lands in, after a checkpoint.
     """
-    from imgclf.training.distribute import fit_multi_worker, is_multi_worker
+    from imgclf.training.distribute import is_multi_worker
+    from imgclf.training.multi_worker import fit_multi_worker
 
     if session is None:
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
@@ -252,14 +245,12 @@ def fit(model, data: Prepared, p: TrainParams, seed: int, session: Session | Non
     return session.finish()
 
 
-def _fit_keras(model, data: Prepared, p: TrainParams, seed: int, session: Session) -> None:
+def _session_hooks(model, session: Session):
+    """The Keras callback class that calls ``session``'s hooks from ``model.fit``; made in a
+    function so that Keras is imported only when training."""
     import keras
 
-    from imgclf.training.streaming import training_batches, validation_batches
-
-    x, y = data.x["train"], data.y["train"]
-    val_ds = validation_batches(data, p.batch_size)
-    restore_totals: list[float] | None = session.partial
+    restore_totals: list[float] | None = session.state.partial
 
     def metric_totals() -> list[float]:
         return [float(v.numpy()) for v in model.metrics_variables]
@@ -280,37 +271,48 @@ def _fit_keras(model, data: Prepared, p: TrainParams, seed: int, session: Sessio
                 for variable, value in zip(model.metrics_variables, restore_totals, strict=True):
                     variable.assign_add(value)
                 restore_totals = None
-            session.end_step(session.epoch + 1, self.first_step + batch + 1, metric_totals)
+            session.end_step(session.state.epoch + 1, self.first_step + batch + 1, metric_totals)
 
         def on_epoch_end(self, epoch: int, logs=None) -> None:
             if session.end_epoch(epoch + 1, logs or {}):
                 self.model.stop_training = True
             self.first_step = 0
 
+    return Hooks
+
+
+def _fit_keras(model, data: Prepared, p: TrainParams, seed: int, session: Session) -> None:
+    from imgclf.training.streaming import training_batches, validation_batches
+
+    x, y = data.x["train"], data.y["train"]
+    val_ds = validation_batches(data, p.batch_size)
+    hooks = _session_hooks(model, session)
+
     # A resume mid-epoch first finishes that epoch's remaining steps, then runs whole epochs.
-    if session.step:
-        epoch = session.epoch + 1
+    at = session.state
+    if at.step:
+        epoch = at.epoch + 1
         model.fit(
-            training_batches(x, y, p.batch_size, seed, epoch, epoch, skip=session.step),
+            training_batches(x, y, p.batch_size, seed, epoch, epoch, skip=at.step),
             validation_data=val_ds,
             initial_epoch=epoch - 1,
             epochs=epoch,
-            steps_per_epoch=session.steps - session.step,
+            steps_per_epoch=session.steps - at.step,
             verbose=0,
             shuffle=False,  # the batches come in epoch_order already
-            callbacks=[Hooks(session.step)],
+            callbacks=[hooks(at.step)],
         )
-    if session.stopped or session.epoch >= p.epochs:
+    if at.stopped or at.epoch >= p.epochs:
         return
     model.fit(
-        training_batches(x, y, p.batch_size, seed, session.epoch + 1, p.epochs),
+        training_batches(x, y, p.batch_size, seed, at.epoch + 1, p.epochs),
         validation_data=val_ds,
-        initial_epoch=session.epoch,
+        initial_epoch=at.epoch,
         epochs=p.epochs,
         steps_per_epoch=session.steps,
         verbose=0,
         shuffle=False,
-        callbacks=[Hooks(0)],
+        callbacks=[hooks(0)],
     )
 
 

@@ -7,6 +7,7 @@ inside the model, so arrays stay uint8 on disk and the saved model takes raw 0..
 
 from __future__ import annotations
 
+from imgclf.core import internals
 from imgclf.core.params import TrainParams
 
 
@@ -63,13 +64,16 @@ def fuse_adam(optimizer) -> None:
     the same formula in one pass. Only the method changes: the optimizer's class, config,
     variables and checkpoints stay Keras's own, so saved models load without this code. AdamW's
     weight decay is applied by Keras before the update, as before; AMSGrad and sparse gradients
-    keep Keras's own update.
+    keep Keras's own update, and so does a Keras version other than the one the fused update
+    was written for (:mod:`imgclf.core.internals`).
     """
     import types
 
     import keras
     import tensorflow as tf
 
+    if not internals.matches("keras"):
+        return
     keras_update = optimizer.update_step
 
     def handle(variable):
@@ -79,13 +83,13 @@ def fuse_adam(optimizer) -> None:
         if self.amsgrad or isinstance(gradient, tf.IndexedSlices):
             return keras_update(gradient, variable, learning_rate)
         dtype = variable.dtype
-        index = self._get_variable_index(variable)
+        momentum, velocity = internals.adam_slots(self, variable)
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         tf.raw_ops.ResourceApplyAdam(
             var=handle(variable),
-            m=handle(self._momentums[index]),
-            v=handle(self._velocities[index]),
+            m=handle(momentum),
+            v=handle(velocity),
             beta1_power=tf.pow(beta_1, step),
             beta2_power=tf.pow(beta_2, step),
             lr=tf.cast(learning_rate, dtype),

@@ -1,0 +1,106 @@
+"""Every private internal of a pinned library that the project reaches into, in one place.
+
+Each use saves time or output that the library's public API does not offer, and each could
+break silently on an upgrade. So each sits behind a check of the version it was written for
+(:data:`WRITTEN_FOR`): on another version the public way runs instead, after one warning, and
+``tests/test_internals.py`` fails, so an upgrade breaks loudly here and nowhere else.
+
+=========== ===================================================== ==================================
+library     internal, and what it is for                           on another version
+=========== ===================================================== ==================================
+keras       Adam's ``_momentums``, ``_velocities``,                Keras's own update (a dozen
+            ``_get_variable_index``: the fused Adam update          element-wise ops a variable)
+            (:func:`imgclf.training.model.fuse_adam`)
+mlflow      ``SystemMetricsMonitor._process``, ``_shutdown_event``: MLflow's own ``finish()``, which
+            stop the sampling thread, then log the samples since    drops those samples
+            the last point (:mod:`imgclf.tracking.system`)
+python      ``threading._shutdown``: threading's exit hooks before  joining the other threads only
+            a fast exit (:func:`imgclf.console.cli.exit_fast`)
+tensorflow  the shape of its C++ start-up lines                     unknown lines are passed on
+            (:data:`TF_STARTUP_CHATTER`, used by the quiet start)
+=========== ===================================================== ==================================
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import platform
+import re
+from importlib import metadata
+
+log = logging.getLogger(__name__)
+
+# The versions each use below was written and tested against ("python": major.minor).
+WRITTEN_FOR = {"keras": "3.15.1", "mlflow": "3.17.2", "tensorflow": "2.21.0", "python": "3.11"}
+
+
+def installed(library: str) -> str:
+    """The installed version of ``library`` (``python``: major.minor of this interpreter)."""
+    if library == "python":
+        return ".".join(platform.python_version_tuple()[:2])
+    return metadata.version(library)
+
+
+@functools.cache
+def matches(library: str) -> bool:
+    """Whether the installed ``library`` is the version its internals were written for; says so
+    once when it is not."""
+    if installed(library) == WRITTEN_FOR[library]:
+        return True
+    log.warning(
+        "%s %s is installed, but imgclf/core/internals.py was written for %s %s: using the public "
+        "way instead (slower or less complete); see that file",
+        library,
+        installed(library),
+        library,
+        WRITTEN_FOR[library],
+    )
+    return False
+
+
+def adam_slots(optimizer, variable) -> tuple:
+    """Adam's first and second moment variables for ``variable`` (call only when
+    ``matches("keras")``)."""
+    index = optimizer._get_variable_index(variable)
+    return optimizer._momentums[index], optimizer._velocities[index]
+
+
+def stop_system_monitor(monitor) -> bool | None:
+    """Stop MLflow's system-metrics sampling thread without its own last step, which drops the
+    samples taken since the last logged point. True: stopped now; False: it was not running;
+    None: another MLflow version, so call ``monitor.finish()`` instead."""
+    if not matches("mlflow"):
+        return None
+    if monitor._process is None:
+        return False
+    monitor._shutdown_event.set()
+    monitor._process.join()
+    monitor._process = None
+    return True
+
+
+def run_threading_exit_hooks() -> bool:
+    """Run what the interpreter runs first at exit: threading's exit hooks (thread pools stop
+    their idle workers), then join the non-daemon threads. False on another Python version: the
+    caller joins the threads itself."""
+    import threading
+
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is None or not matches("python"):
+        return False
+    shutdown()
+    return True
+
+
+# TensorFlow's start-up lines, written by its C++ runtime to file descriptor 2 before absl's
+# logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot hold them back: absl's info and warning
+# lines, its notice about them, the CPU-instruction notice, and on a machine without a GPU the
+# failed CUDA initialisation (an E line that users read as a failure). Lines of any other shape
+# pass, so another TensorFlow version can only make the console noisier, never hide an error.
+TF_STARTUP_CHATTER = re.compile(
+    r"^(?:[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] .*"
+    r"|E\d{4} [\d:.]+ +\d+ cuda_\S+:\d+\] .*"
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|To enable the following instructions: .*)$"
+)

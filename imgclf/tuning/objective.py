@@ -1,0 +1,106 @@
+"""A trial: exactly the train stage's training with the trial's params and ``tune.epochs`` epochs,
+on arrays prepared for its augment params, reported to the pruner epoch by epoch and recorded as
+an MLflow run under the study's run; and the sampler and pruner that choose and stop trials."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+from imgclf.core import paths
+from imgclf.core.params import Params
+from imgclf.tuning.space import suggest, trial_params
+from imgclf.tuning.storage import ATTR_RUN, ATTR_WORKER
+
+log = logging.getLogger("tune")
+
+
+def sampler_and_pruner(p: Params, worker: int, done: int):
+    """TPE, seeded per process and restart, and ``tune.pruner``."""
+    import optuna
+
+    t = p.tune
+    # One seed per process and per restart: a resumed or second process must not redraw the
+    # first one's random start-up points.
+    seed = (p.base.seed + 7919 * worker + 104729 * done) % 2**32
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=t.startup_trials)
+    if t.pruner == "median":
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=t.startup_trials, n_warmup_steps=0)
+    elif t.pruner == "hyperband":
+        pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=t.epochs)
+    else:
+        pruner = optuna.pruners.NopPruner()
+    return sampler, pruner
+
+
+def trial_data(p: Params, tp: Params, data):
+    """The prepared arrays for trial params ``tp``: ``data`` (the augment stage's) when its augment
+    params are params.yaml's, else arrays prepared for them once and kept in a cache at the main
+    repository (``.imgclf/tune/``), keyed by those params and the stage's data."""
+    import hashlib
+
+    from imgclf.core.prepared import MANIFEST_FILE, fingerprint, load_prepared
+    from imgclf.data import dataset
+    from imgclf.data.augmentation import prepare
+    from imgclf.data.pool import default_workers, worker_pool
+
+    if tp.section("augment") == p.section("augment"):
+        return data
+    key = {"augment": tp.shaping("augment"), "prepared": fingerprint(paths.PREPARED_DIR)}
+    digest = hashlib.md5(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    folder = paths.store_root() / ".imgclf" / "tune" / f"prepared-{digest}"
+    if not (folder / MANIFEST_FILE).is_file():
+        log.info("preparing the data for augment params %s in %s", tp.section("augment"), folder)
+        src = dataset.scan(paths.resolve(tp.data.source), tp.data.labels)
+        with worker_pool(tp.augment.workers or default_workers()) as imap:
+            prepare(tp, src, folder, imap=imap)
+    return load_prepared(folder)
+
+
+def make_objective(p: Params, data, study_run_id: str, worker: str):
+    """The objective: train with the trial's params, report the monitor every epoch, prune."""
+    import optuna
+
+    from imgclf.tracking import study as tracked
+    from imgclf.training.fit import train
+
+    monitor = p.train.early_stopping.monitor
+
+    def objective(trial) -> float:
+        import keras
+
+        values = suggest(trial, p)
+        tp = trial_params(p, values)
+        run_id = tracked.start_trial(study_run_id, trial.number, values, worker)
+        trial.set_user_attr(ATTR_RUN, run_id)
+        trial.set_user_attr(ATTR_WORKER, worker)
+        log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in values.items()))
+
+        def on_epoch(epoch: int, row: dict[str, float]) -> None:
+            tracked.log_epoch(run_id, epoch, row)
+            trial.report(row[monitor], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {epoch}: {monitor} {row[monitor]:.4g}")
+
+        state, status, metrics = "FAIL", "FAILED", {}
+        try:
+            trained = train(tp, trial_data(p, tp, data), on_epoch=on_epoch)
+            value = float(trained.best[monitor])
+            metrics = {f"best/{k}": v for k, v in trained.best.items() if k != "epoch"}
+            metrics["best_epoch"] = trained.best_epoch
+            if math.isfinite(value):
+                state, status = "COMPLETE", "FINISHED"
+            return value
+        except optuna.TrialPruned as why:
+            state, status = "PRUNED", "KILLED"
+            log.info("trial %d pruned at %s", trial.number, why)
+            raise
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            tracked.end_trial(run_id, state, metrics, status=status)
+            keras.backend.clear_session()
+
+    return objective

@@ -1,0 +1,135 @@
+"""Where a study lives: its Optuna storage (SQLite at the main repository, or a database URL),
+heartbeats that fail a dead process's trial and queue its params again, and the study itself,
+created or resumed with the settings it was made with."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from typing import Any
+
+from imgclf.core import paths
+from imgclf.core.errors import PipelineError
+from imgclf.core.params import Params
+from imgclf.tuning.space import baseline, parse_enqueue
+
+log = logging.getLogger("tune")
+
+# A study's and its trials' user attributes: the MLflow run, the process, the first trial.
+ATTR_RUN = "mlflow_run_id"
+ATTR_WORKER = "worker"
+ATTR_BASELINE = "baseline"
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def storage_url(url: str | None) -> str:
+    """The study's storage: ``optuna.db`` at the main repository unless ``url`` is given;
+    ``postgresql://`` goes through psycopg 3, the driver installed here."""
+    if not url:
+        return f"sqlite:///{paths.store_root() / 'optuna.db'}"
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def shown(url: str) -> str:
+    """``url`` fit to print and log: its password, if any, masked."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: the storage will say so
+        return url
+
+
+def quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def open_storage(url: str, stale_after: int):
+    """An RDB storage with heartbeats: a trial whose process died is failed after ``stale_after``
+    seconds and its params queued again."""
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    from imgclf.tracking import study as tracked
+
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+    def on_stale(study, trial) -> None:
+        run_id = trial.user_attrs.get(ATTR_RUN)
+        if run_id:
+            tracked.end_trial(run_id, "FAIL", status="KILLED")
+        log.warning("trial %d stopped sending heartbeats: marked failed, its params queued again", trial.number)
+        retry(study, trial)
+
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(3):
+        try:
+            return RDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=max(1, stale_after // 4),
+                grace_period=stale_after,
+                heartbeat_stale_trial_callback=on_stale,
+            )
+        except Exception as err:  # a bad URL, a missing driver, no server: many types
+            # Two processes creating a new storage's tables at once: the loser finds them made.
+            if attempt < 2 and "already exists" in str(err):
+                time.sleep(1 + attempt)
+                continue
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise PipelineError(f"cannot open the study storage {shown(url)}: {first} (fix --storage)") from None
+
+
+def settings(p: Params) -> dict[str, Any]:
+    """What a study is: changing any of it mid-study would mix incomparable trials."""
+    return {
+        "monitor": p.train.early_stopping.monitor,
+        "epochs": p.tune.epochs,
+        "space": {k: e.model_dump(exclude_none=True) for k, e in p.tune.space.items()},
+    }
+
+
+def open_study(p: Params, name: str, resume: bool, enqueue: tuple[str, ...], storage, url: str):
+    """Create the study ``name`` in ``storage`` (at ``url``) with the trials of ``enqueue`` first,
+    or load it with ``resume``; errors say which flag to use."""
+    import optuna
+
+    from imgclf.training.monitor import Monitor
+
+    names = optuna.study.get_all_study_names(storage)
+    where = shown(url)
+    if name in names and not resume:
+        raise PipelineError(f"study {name!r} exists in {where}: --resume continues it, --study NAME starts another")
+    if name not in names and resume:
+        raise PipelineError(f"no study {name!r} in {where} to resume: drop --resume to start it")
+    wanted = settings(p)
+    if name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        if study.user_attrs.get("settings") != json.loads(json.dumps(wanted)):
+            raise PipelineError(
+                f"study {name!r} was made with other tune settings (space, epochs or monitor) than "
+                "settings.yaml's: restore them, or start another with --study NAME"
+            )
+        return study
+    direction = "minimize" if Monitor(p.train).lower_is_better else "maximize"
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction)
+    study.set_user_attr("settings", wanted)
+    first = baseline(p)
+    if first:
+        study.enqueue_trial(first, user_attrs={ATTR_BASELINE: True})
+    for text in enqueue:
+        study.enqueue_trial(parse_enqueue(text, p))
+    return study
+
+
+def counts(study) -> dict[str, int]:
+    from optuna.trial import TrialState
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return {name.lower(): sum(s == TrialState[name] for s in states) for name in ("COMPLETE", "PRUNED", "FAIL")}
