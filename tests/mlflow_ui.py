@@ -51,7 +51,7 @@ def find_chromium() -> str | None:
 def _pick_columns(page, names: tuple[str, ...], check: bool) -> None:
     """Tick (or untick) columns in the runs table's column picker (a tree of checkboxes), each
     found through the picker's search box."""
-    page.get_by_role("button", name="Columns").click()
+    page.get_by_role("button", name="Columns", exact=True).click()
     search = page.get_by_placeholder("Search columns")
     for name in names:
         search.fill(name)
