@@ -146,6 +146,7 @@ main("demo", body)
     assert (tmp_path / "atexit.txt").read_text() == "ran"
 
 
+@pytest.mark.slow  # a fresh process that starts TensorFlow
 def test_tensorflow_starts_without_its_chatter_but_other_lines_pass(tmp_path):
     import subprocess
     import sys
