@@ -33,14 +33,17 @@ def run() -> None:
     data = load_prepared(paths.PREPARED_DIR)
     check_monitor(p.train, data)
     chief = p.train.strategy != "multi_worker" or is_chief()
-    store = open_checkpoints(p, fingerprint(paths.PREPARED_DIR), writer=chief)
+    discarded: list[tuple[str, str]] = []  # (run, why) of checkpoints removed: closed by the recorder
+    store = open_checkpoints(p, fingerprint(paths.PREPARED_DIR), writer=chief, discarded=discarded)
     try:
         if not chief:
             trained = train(p, data, store)
             log.info("worker done after %d epochs; the chief writes the model and logs the run", len(trained.history))
             return
         inputs = split_inputs(paths.PREPARED_DIR, data, ("train", "val"), paths.resolve(p.data.source).name)
-        with tracking.recorder("train", p, continue_run=store and store.run_id, inputs=inputs) as rec:
+        with tracking.recorder(
+            "train", p, continue_run=store and store.run_id, inputs=inputs, discarded=discarded
+        ) as rec:
             if store is not None:
                 store.run_id = rec.run_id
                 if store.state:

@@ -48,10 +48,14 @@ def test_same_params_and_data_resume_and_anything_else_starts_fresh(monkeypatch,
     assert open_checkpoints(parse({"train": {"resume": True, "epochs": 5}}), "data-1").folder == store.folder
 
     caplog.clear()
-    fresh = open_checkpoints(parse({"train": {"learning_rate": 0.01}}), "data-1")
+    discarded: list = []
+    fresh = open_checkpoints(parse({"train": {"learning_rate": 0.01}}), "data-1", discarded=discarded)
     assert fresh.state is None and fresh.folder != store.folder
     assert "starting fresh" in caplog.text and "train.learning_rate 0.001 -> 0.01" in caplog.text
     assert not store.folder.exists()  # the stale one is gone
+    # ... and its run is named, with why, for the stage to close.
+    ((run_id, why),) = discarded
+    assert run_id == "run-1" and "epoch 3 was discarded" in why and "train.learning_rate 0.001 -> 0.01" in why
     _commit(fresh)
     fresh.close()
 

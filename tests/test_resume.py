@@ -92,6 +92,12 @@ def test_sigkill_mid_training_resumes_in_the_same_run_with_the_uninterrupted_wei
     log = out.stdout + out.stderr
     assert "starting fresh" in log and "train.learning_rate 0.001 -> 0.002" in log and "train.epochs 12 -> 2" in log
     assert "resuming" not in log and not state.exists()
+    # The discarded checkpoint's run will never be carried on: closed KILLED, saying why.
+    closed = next(r for r in p.runs("train") if r.info.run_id == killed_run.info.run_id)
+    assert (
+        closed.info.status == "KILLED" and "train.learning_rate 0.001 -> 0.002" in closed.data.tags["imgclf.end_reason"]
+    )
+    assert not [r for r in p.runs() if r.info.status == "RUNNING"]
     assert "resumed_from_epoch" not in p.json("reports/train.json")  # an MLflow param, not a DVC metric
     shutil.copytree(aside, state.parent)
     p.set_params(train={**LONG, "learning_rate": 0.001})

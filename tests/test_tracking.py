@@ -220,6 +220,36 @@ def test_a_failed_final_stage_writes_no_pipeline_run(mlflow_store: str):
     assert sorted(r.info.run_name for r in _runs()) == ["evaluate", lineage.PENDING_NAME]
 
 
+def test_runs_that_can_never_end_are_closed_killed_when_a_stage_starts(mlflow_store: str):
+    import subprocess
+    import sys
+
+    exp_id = tracking.setup(EXP)
+    client = mlflow.MlflowClient()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+
+    def running(process: str | None) -> str:
+        tags = {runs.TAG_PROCESS: process} if process else {}
+        return client.create_run(exp_id, tags=tags, run_name="train").info.run_id  # stays RUNNING
+
+    dead = running(f"{runs.socket.gethostname()}:{dead_pid}:1")
+    alive = running(runs._this_process())  # this test's own process
+    elsewhere = running("another-host:1:1")  # cannot be checked from here
+    discarded = running(runs._this_process())
+    with tracking.recorder("augment", P, discarded=[(discarded, "its checkpoint was discarded")]):
+        pass
+    # The run a resumed training carries on is left to it, though its old process is gone.
+    kept = running(runs._this_process().rsplit(":", 1)[0] + ":1")
+    with tracking.recorder("train", P, continue_run=kept):
+        pass
+    status = {rid: client.get_run(rid) for rid in (dead, alive, elsewhere, discarded, kept)}
+    assert status[dead].info.status == "KILLED" and f"pid {dead_pid}" in status[dead].data.tags[runs.TAG_END_REASON]
+    assert status[discarded].info.status == "KILLED"
+    assert status[discarded].data.tags[runs.TAG_END_REASON] == "its checkpoint was discarded"
+    assert status[alive].info.status == status[elsewhere].info.status == status[kept].info.status == "RUNNING"
+
+
 def test_metric_key_is_safe():
     assert runs.metric_key("sea lions!") == "sea lions_"
     assert runs.metric_key("猫") == "猫"

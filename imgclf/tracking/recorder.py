@@ -122,12 +122,21 @@ class Recorder:
 
 @contextlib.contextmanager
 def recorder(
-    stage: str, p: Params, continue_run: str | None = None, inputs: list[DataInput] | None = None
+    stage: str,
+    p: Params,
+    continue_run: str | None = None,
+    inputs: list[DataInput] | None = None,
+    discarded: list[tuple[str, str]] | None = None,
 ) -> Iterator[Recorder]:
     """Open ``stage``'s run for the block (or carry on the interrupted run ``continue_run``),
-    with ``inputs``, the data it reads, as its dataset inputs; see the module docstring."""
+    with ``inputs``, the data it reads, as its dataset inputs; see the module docstring.
+
+    First it closes KILLED the runs that can never end by themselves: those of ``discarded``
+    (run, why: a training checkpoint removed) and those whose process has ended on this host
+    (:func:`~imgclf.tracking.runs.close_abandoned`), so no run stays RUNNING for good."""
     start = time.perf_counter()
     experiment_id = store.setup(p.mlflow.experiment)
+    runs.close_abandoned(experiment_id, continue_run, dict(discarded or []))
     parent = lineage.pending_row(experiment_id)
     with runs.open_run(stage, experiment_id, p.shaping(stage), continue_run, parent) as run:
         rec = Recorder(stage, p, experiment_id, run.info.run_id)

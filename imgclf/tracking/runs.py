@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,9 @@ TAG_MODEL_MD5 = "imgclf.model_md5"
 TAG_LINKED_FROM = "imgclf.linked_from_run"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_PARENT = "mlflow.parentRunId"
+# The process a stage run lives in (host:pid:start time), and why a run was closed for it.
+TAG_PROCESS = "imgclf.process"
+TAG_END_REASON = "imgclf.end_reason"
 
 # MLflow takes at most this many params (and metrics, tags) in one batch call.
 _BATCH = 100
@@ -77,8 +81,51 @@ def _continue_run(run_id: str, experiment_id: str, stage: str):
         log.warning("the interrupted run %s is not in this store any more: starting a new run", run_id)
         return None
     active = mlflow.start_run(run_id=run_id, log_system_metrics=False)
-    mlflow.set_tags(context_tags(stage))
+    mlflow.set_tags({**context_tags(stage), TAG_PROCESS: _this_process()})
+    if TAG_END_REASON in run.data.tags:  # closed while its process was gone; carried on now
+        mlflow.MlflowClient().delete_tag(run_id, TAG_END_REASON)
     return active
+
+
+def _this_process() -> str:
+    import psutil
+
+    return f"{socket.gethostname()}:{os.getpid()}:{int(psutil.Process().create_time())}"
+
+
+def _ended(process: str | None) -> str | None:
+    """Why a run of ``process`` (a :data:`TAG_PROCESS` value) can never end by itself: its
+    process on this host is gone. None while it lives, or when it ran on another host."""
+    import psutil
+
+    try:
+        host, pid, started = process.rsplit(":", 2)
+        pid, started = int(pid), int(started)
+    except (AttributeError, ValueError):
+        return None
+    if host != socket.gethostname():
+        return None
+    with contextlib.suppress(psutil.Error):
+        if int(psutil.Process(pid).create_time()) == started:
+            return None
+    return f"its process (pid {pid} on {host}) ended without closing it: killed, or the machine stopped"
+
+
+def close_abandoned(experiment_id: str, keep: str | None = None, reasons: dict[str, str] | None = None) -> None:
+    """Close KILLED every RUNNING run that can never end by itself, with the reason as a tag: the
+    runs of ``reasons`` (a discarded checkpoint's, which no training will carry on) and the stage
+    runs of this host whose process has ended. ``keep`` is the run a resumed training carries on."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
+    for run in running:
+        run_id = run.info.run_id
+        why = None if run_id == keep else (reasons or {}).get(run_id) or _ended(run.data.tags.get(TAG_PROCESS))
+        if why:
+            client.set_tag(run_id, TAG_END_REASON, why)
+            client.set_terminated(run_id, "KILLED")
+            log.info("run %s closed KILLED: %s", run_id, why)
 
 
 @contextlib.contextmanager
@@ -102,7 +149,7 @@ def open_run(
     os.environ.pop("MLFLOW_RUN_ID", None)
     active = _continue_run(continue_run, experiment_id, stage) if continue_run else None
     if active is None:
-        tags = {**context_tags(stage), **({TAG_PARENT: parent} if parent else {})}
+        tags = {**context_tags(stage), TAG_PROCESS: _this_process(), **({TAG_PARENT: parent} if parent else {})}
         active = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags, log_system_metrics=False)
     monitor = system.start(active.info.run_id)
     status = "FINISHED"

@@ -165,11 +165,15 @@ class CheckpointWriter:
         self.store.commit({"checkpoint": path.rsplit("/", 1)[-1], "counter": self.counter, **state})
 
 
-def open_checkpoints(p: Params, data_fingerprint: str, writer: bool = True) -> Checkpoints | None:
+def open_checkpoints(
+    p: Params, data_fingerprint: str, writer: bool = True, discarded: list[tuple[str, str]] | None = None
+) -> Checkpoints | None:
     """The checkpoint folder for ``p`` and the data, with the state to resume from if any.
 
     Returns ``None`` (train without checkpoints) when ``train.resume`` is false or another
-    process holds the folder. Says in the log whether it resumes and why it does not.
+    process holds the folder. Says in the log whether it resumes and why it does not. Each
+    checkpoint it removes adds (its MLflow run, why) to ``discarded``: that run will never be
+    carried on, so the stage closes it.
     """
     root = checkpoints_root()
     ident = identity(p, data_fingerprint)
@@ -177,6 +181,7 @@ def open_checkpoints(p: Params, data_fingerprint: str, writer: bool = True) -> C
     folder = root / f"train-{key}"
     if not p.train.resume:
         if writer and folder.exists():
+            _note(discarded, _read_state(folder), "train.resume is false")
             shutil.rmtree(folder, ignore_errors=True)
             log.info("train.resume is false: removed the checkpoint in %s; starting fresh", folder)
         return None
@@ -204,8 +209,14 @@ def open_checkpoints(p: Params, data_fingerprint: str, writer: bool = True) -> C
         for leftover in folder.iterdir():  # files of an attempt that never committed a state
             if leftover.name != LOCK_FILE:
                 shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-        _remove_stale(root, folder, ident)
+        _remove_stale(root, folder, ident, discarded)
     return Checkpoints(folder, ident, state, writer, lock)
+
+
+def _note(discarded: list[tuple[str, str]] | None, state: dict[str, Any] | None, why: str) -> None:
+    """Add a discarded checkpoint's run, and why, to ``discarded``."""
+    if discarded is not None and state and state.get("run_id"):
+        discarded.append((state["run_id"], f"its checkpoint of epoch {state.get('epoch', 0)} was discarded: {why}"))
 
 
 def _read_state(folder: Path) -> dict[str, Any] | None:
@@ -219,7 +230,7 @@ def _read_state(folder: Path) -> dict[str, Any] | None:
     return state if isinstance(state, dict) and state.get("format") == FORMAT else None
 
 
-def _remove_stale(root: Path, keep: Path, ident: dict[str, Any]) -> None:
+def _remove_stale(root: Path, keep: Path, ident: dict[str, Any], discarded: list[tuple[str, str]] | None) -> None:
     """Remove the other checkpoint folders no process holds, saying why they are not resumed."""
     for folder in sorted(root.glob("train-*")):
         if folder == keep or not folder.is_dir():
@@ -231,12 +242,14 @@ def _remove_stale(root: Path, keep: Path, ident: dict[str, Any]) -> None:
                 continue  # another training is using it
             state = _read_state(folder)
             if state is not None:
+                changed = "; ".join(differences(state.get("identity", {}), ident))
                 log.info(
                     "starting fresh: the checkpoint of epoch %d in %s does not match (changed: %s); removing it",
                     state.get("epoch", 0),
                     folder,
-                    "; ".join(differences(state.get("identity", {}), ident)),
+                    changed,
                 )
+                _note(discarded, state, f"changed: {changed}")
             shutil.rmtree(folder, ignore_errors=True)
 
 
