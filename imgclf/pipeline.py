@@ -135,7 +135,7 @@ def code_files(name: str, root: Path) -> list[Path]:
     for entry in stage(name).code:
         path = root / entry
         files |= set(path.rglob("*.py")) if path.is_dir() else {path}
-    return sorted(f for f in files if "__pycache__" not in f.parts)
+    return sorted(files)
 
 
 def render_dvc_yaml(current: str) -> str:

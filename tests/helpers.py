@@ -23,6 +23,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from imgclf.core.params import merge as _merge
+
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPERIMENT = "image-classification"
@@ -105,13 +107,6 @@ def need_system(found: bool, what: str, hint: str) -> None:
     if os.environ.get(REQUIRE_SYSTEM_DEPS) == "1":
         pytest.fail(f"{reason} ({REQUIRE_SYSTEM_DEPS}=1 requires it)", pytrace=False)
     pytest.skip(reason)
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
 
 
 class Project:

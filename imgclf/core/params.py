@@ -93,7 +93,7 @@ class EarlyStoppingParams(_Section):
 
 
 class TrainParams(_Section):
-    """The CNN (the seed's architecture by default) and how it is fitted."""
+    """The CNN (the original script's architecture by default) and how it is fitted."""
 
     conv_filters: list[int] = Field(default_factory=lambda: [32, 64])
     kernel_size: int = Field(3, ge=1, le=15)
@@ -361,7 +361,7 @@ def load(path: str | Path) -> Params:
                 home = SETTINGS_FILE if is_setting(key) else PARAMS_FILE
                 why = "it shapes no output" if is_setting(key) else "it shapes outputs, so DVC tracks it"
                 raise PipelineError(f"{source.name}: '{key}' belongs in {home} ({why}): move it there")
-    return parse(_merge(raw or {}, settings or {}), path.name, settings_path.name)
+    return parse(merge(raw or {}, settings or {}), path.name, settings_path.name)
 
 
 def _read_yaml(path: Path, missing: str | None) -> Any:
@@ -378,10 +378,11 @@ def _read_yaml(path: Path, missing: str | None) -> Any:
         raise PipelineError(f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` laid over it, section by section (a deep merge of mappings)."""
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+        out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
     return out
 
 

@@ -1,4 +1,4 @@
-"""The seed's augmentation (rotations, optional mirror images) and writing the prepared folder.
+"""The original script's augmentation (rotations, optional mirror images) and writing the prepared folder.
 
 :func:`write_prepared` fills ``x_train.npy`` with the augmented copies of the training originals
 in worker processes, each writing its own byte range, so the output does not depend on their
@@ -33,7 +33,7 @@ def augment_one(
 ) -> np.ndarray:
     """Each angle's rotation of ``image``, and its mirror image when ``flip``, stacked.
 
-    Written into ``out`` when given. Corners that rotate in are black. ``nearest`` is the seed's
+    Written into ``out`` when given. Corners that rotate in are black. ``nearest`` is the original script's
     resampling; ``bilinear`` gives smoother edges at several times the cost.
     """
     if out is None:

@@ -1,6 +1,6 @@
 """The CNN: building it, and loading a saved one.
 
-The default architecture is the seed's: per block a 'same' conv, a 'valid' conv, 2x2 max-pool
+The default architecture is the original script's: per block a 'same' conv, a 'valid' conv, 2x2 max-pool
 and dropout (blocks of 32 and 64 filters), then Dense 512, dropout and softmax. Pixels are scaled
 inside the model, so arrays stay uint8 on disk and the saved model takes raw 0..255 images.
 """
@@ -59,7 +59,7 @@ def fuse_adam(optimizer) -> None:
     ``ResourceApplyAdam`` kernel.
 
     Keras's Adam updates a variable with about a dozen separate element-wise ops, each a pass
-    over memory; on a CPU, for the seed's 6-17 million-weight dense layer, that took as long as
+    over memory; on a CPU, for the original script's 6-17 million-weight dense layer, that took as long as
     all the convolutions together (see the README's speed section). The fused kernel computes
     the same formula in one pass. Only the method changes: the optimizer's class, config,
     variables and checkpoints stay Keras's own, so saved models load without this code. AdamW's
