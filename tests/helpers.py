@@ -240,50 +240,70 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class MlflowServer:
+    """A real `mlflow server` on loopback (one worker), which a test can stop and start again on
+    the same port (a server restart, as a team sees one)."""
+
+    def __init__(self, backend: str, cwd: Path, env: dict, *extra: str, port: int | None = None):
+        self.backend, self.cwd, self.env, self.extra = backend, cwd, env, extra
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = cwd / f"mlflow-server-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> str:
+        with open(self.log, "a") as fh:
+            self.proc = subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("mlflow")),
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "1",
+                    "--backend-store-uri",
+                    self.backend,
+                    *self.extra,
+                ],
+                cwd=self.cwd,
+                # No background job runner (GenAI jobs, none here): it takes a core while it starts.
+                env={**self.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self.url
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"mlflow server on {self.backend} did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
 @contextlib.contextmanager
 def mlflow_server(backend: str, cwd: Path, env: dict, *extra: str, timeout: float = 120) -> Iterator[str]:
     """A real `mlflow server` on loopback (one worker) until the block ends; yields its URL."""
-    port = free_port()
-    log = cwd / f"mlflow-server-{port}.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("mlflow")),
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                backend,
-                *extra,
-            ],
-            cwd=cwd,
-            # No background job runner (GenAI jobs, none here): it takes a core while it starts.
-            env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"mlflow server on {backend} did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
+    server = MlflowServer(backend, cwd, env, *extra)
+    server.start(timeout)
     try:
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()

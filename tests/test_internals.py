@@ -3,7 +3,6 @@ were written for. An upgrade fails here first; then check each use in that file.
 
 from __future__ import annotations
 
-import inspect
 import logging
 
 import pytest
@@ -29,13 +28,6 @@ def test_keras_adam_keeps_its_moments_where_the_fused_update_reads_them():
     assert tuple(momentum.shape) == tuple(velocity.shape) == (3,) and momentum is not velocity
 
 
-def test_mlflow_system_monitor_has_the_thread_and_event_stopped_here():
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    source = inspect.getsource(SystemMetricsMonitor)
-    assert "self._process" in source and "self._shutdown_event" in source
-
-
 def test_threading_has_its_exit_hooks():
     import threading
 
@@ -46,7 +38,6 @@ def test_another_version_takes_the_public_way_after_one_warning(monkeypatch, cap
     import keras
 
     monkeypatch.setitem(internals.WRITTEN_FOR, "keras", "0.0.1")
-    monkeypatch.setitem(internals.WRITTEN_FOR, "mlflow", "0.0.1")
     internals.matches.cache_clear()
     try:
         from imgclf.training.model import fuse_adam
@@ -57,7 +48,6 @@ def test_another_version_takes_the_public_way_after_one_warning(monkeypatch, cap
             fuse_adam(optimizer)
             fuse_adam(keras.optimizers.Adam())
         assert optimizer.update_step == keras_update  # Keras's own update, untouched
-        assert internals.stop_system_monitor(object()) is None  # the caller uses MLflow's finish()
         warned = [r.getMessage() for r in caplog.records if r.name == internals.__name__]
         assert len([w for w in warned if w.startswith("keras ")]) == 1, warned
     finally:

@@ -167,6 +167,7 @@ def test_unreachable_tracking_server_fails_before_training(workspace, capsys, mo
     capsys.readouterr()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("IMGCLF_TRACKING_WAIT", "0")
     assert run_stage("train", train.run) == 2
     line = _last_line(capsys)
     assert "http://127.0.0.1:9" in line and "connection refused" in line

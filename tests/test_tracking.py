@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import mlflow
@@ -10,7 +12,7 @@ import pytest
 from imgclf import tracking
 from imgclf.core.errors import PipelineError
 from imgclf.core.params import parse
-from imgclf.tracking import lineage, runs, system
+from imgclf.tracking import lineage, outage, runs, system
 from imgclf.tracking.result import DataInput, StageResult
 
 from .helpers import list_runs
@@ -105,13 +107,66 @@ def test_recorder_closes_failed_or_killed(mlflow_store: str, exc: BaseException,
     assert mlflow.active_run() is None
 
 
-def test_unreachable_server_fails_before_the_stage_works(monkeypatch: pytest.MonkeyPatch):
+def test_unreachable_server_is_waited_for_then_fails_before_the_stage_works(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv(outage.WAIT_ENV, "2")
     worked = []
-    with pytest.raises(PipelineError, match="127.0.0.1:9.*connection refused"), tracking.recorder("train", P):
+    start = time.monotonic()
+    with (
+        pytest.raises(PipelineError, match="127.0.0.1:9 unreachable for 2 s .connection refused"),
+        tracking.recorder("train", P),
+    ):
         worked.append(True)
-    assert worked == []
+    assert worked == [] and time.monotonic() - start >= 2
+
+
+def test_a_bad_wait_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(outage.WAIT_ENV, "soon")
+    with pytest.raises(PipelineError, match=f"{outage.WAIT_ENV}='soon' is not a number of seconds"):
+        outage.wait_limit()
+
+
+def _failing_for(monkeypatch, calls: int) -> list:
+    """Make MlflowClient.log_batch refuse to connect ``calls`` times (a server that is gone),
+    then reach the real store again; returns the list of refused calls."""
+    import requests
+
+    real = mlflow.MlflowClient.log_batch
+    refused: list = []
+
+    def log_batch(self, *args, **kwargs):
+        if len(refused) < calls:
+            refused.append(args)
+            raise requests.exceptions.ConnectionError("[Errno 111] Connection refused")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", log_batch)
+    monkeypatch.setattr(outage, "FIRST_PAUSE", 0.05)
+    return refused
+
+
+def test_an_outage_keeps_the_epochs_and_sends_them_in_order_once_when_it_ends(mlflow_store, monkeypatch, caplog):
+    refused = _failing_for(monkeypatch, 3)
+    with caplog.at_level(logging.WARNING, logger="imgclf.tracking"), tracking.recorder("train", P) as rec:
+        for epoch in range(1, 6):
+            rec.log_epoch(epoch, {"epoch": epoch, "loss": 1.0 / epoch})
+    assert len(refused) == 3
+    (run,) = _runs("train")
+    assert run.info.status == "FINISHED"
+    steps = mlflow.MlflowClient().get_metric_history(rec.run_id, "loss")
+    assert sorted((m.step, m.value) for m in steps) == [(e, 1.0 / e) for e in range(1, 6)]
+    said = [r.getMessage() for r in caplog.records if r.name == "imgclf.tracking"]
+    assert len([m for m in said if "unreachable (connection refused)" in m]) == 1, said
+    assert len([m for m in said if "is back after" in m]) == 1, said
+
+
+def test_what_cannot_wait_is_retried_until_the_server_answers(mlflow_store, monkeypatch):
+    refused = _failing_for(monkeypatch, 2)
+    client = outage.client()
+    run = client.create_run(tracking.setup(EXP))
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param("a", "1")])
+    assert len(refused) == 2 and mlflow.MlflowClient().get_run(run.info.run_id).data.params == {"a": "1"}
 
 
 def test_linking_reparents_fresh_runs_and_copies_cached_ones(mlflow_store: str):

@@ -11,9 +11,6 @@ library     internal, and what it is for                           on another ve
 keras       Adam's ``_momentums``, ``_velocities``,                Keras's own update (a dozen
             ``_get_variable_index``: the fused Adam update          element-wise ops a variable)
             (:func:`imgclf.training.model.fuse_adam`)
-mlflow      ``SystemMetricsMonitor._process``, ``_shutdown_event``: MLflow's own ``finish()``, which
-            stop the sampling thread, then log the samples since    drops those samples
-            the last point (:mod:`imgclf.tracking.system`)
 python      ``threading._shutdown``: threading's exit hooks before  joining the other threads only
             a fast exit (:func:`imgclf.console.cli.exit_fast`)
 tensorflow  the shape of its C++ start-up lines                     unknown lines are passed on
@@ -32,7 +29,7 @@ from importlib import metadata
 log = logging.getLogger(__name__)
 
 # The versions each use below was written and tested against ("python": major.minor).
-WRITTEN_FOR = {"keras": "3.15.1", "mlflow": "3.17.2", "tensorflow": "2.21.0", "python": "3.11"}
+WRITTEN_FOR = {"keras": "3.15.1", "tensorflow": "2.21.0", "python": "3.11"}
 
 
 def installed(library: str) -> str:
@@ -64,20 +61,6 @@ def adam_slots(optimizer, variable) -> tuple:
     ``matches("keras")``)."""
     index = optimizer._get_variable_index(variable)
     return optimizer._momentums[index], optimizer._velocities[index]
-
-
-def stop_system_monitor(monitor) -> bool | None:
-    """Stop MLflow's system-metrics sampling thread without its own last step, which drops the
-    samples taken since the last logged point. True: stopped now; False: it was not running;
-    None: another MLflow version, so call ``monitor.finish()`` instead."""
-    if not matches("mlflow"):
-        return None
-    if monitor._process is None:
-        return False
-    monitor._shutdown_event.set()
-    monitor._process.join()
-    monitor._process = None
-    return True
 
 
 def run_threading_exit_hooks() -> bool:

@@ -11,6 +11,7 @@ import json
 import warnings
 from typing import Any
 
+from imgclf.tracking import outage
 from imgclf.tracking.result import DataInput
 
 CONTEXT_TAG = "mlflow.data.context"
@@ -53,15 +54,13 @@ def dataset_inputs(inputs: list[DataInput]) -> list[Any]:
 
 def log(run_id: str, inputs: list[DataInput]) -> None:
     """Record ``inputs`` as the datasets run ``run_id`` reads."""
-    import mlflow
 
     if inputs:
-        mlflow.MlflowClient().log_inputs(run_id, datasets=dataset_inputs(inputs))
+        outage.client().log_inputs(run_id, datasets=dataset_inputs(inputs))
 
 
 def copy(run_id: str, runs: list[Any]) -> None:
     """Give run ``run_id`` every dataset input of ``runs`` (the pipeline run: its stages' data)."""
-    import mlflow
 
     seen, entities = set(), []
     for run in runs:
@@ -71,4 +70,4 @@ def copy(run_id: str, runs: list[Any]) -> None:
                 seen.add(key)
                 entities.append(item)
     if entities:
-        mlflow.MlflowClient().log_inputs(run_id, datasets=entities)
+        outage.client().log_inputs(run_id, datasets=entities)

@@ -18,7 +18,7 @@ import logging
 import os
 from typing import Any
 
-from imgclf.tracking import datasets
+from imgclf.tracking import datasets, outage
 from imgclf.tracking.runs import TAG_LINKED_FROM, TAG_PARENT, TAG_STAGE, context_tags, write_run
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,8 @@ SYSTEM_PREFIX = "system/"
 
 def find_stage_run(experiment_id: str, stage: str, tag: str, value: str):
     """The latest finished run of ``stage`` whose ``tag`` equals ``value``, or None."""
-    import mlflow
 
-    runs = mlflow.MlflowClient().search_runs(
+    runs = outage.client().search_runs(
         [experiment_id],
         filter_string=f"tags.`{TAG_STAGE}` = '{stage}' and tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
@@ -53,12 +52,11 @@ def find_stage_run(experiment_id: str, stage: str, tag: str, value: str):
 
 def pending_row(experiment_id: str) -> str:
     """The id of the experiment's "runs without a result" row, made on first use."""
-    import mlflow
 
     from imgclf.tracking import store
 
     with store.exclusive():  # two stages starting at once make one row (on the local store)
-        found = mlflow.MlflowClient().search_runs(
+        found = outage.client().search_runs(
             [experiment_id],
             filter_string=f"tags.`{TAG_STAGE}` = '{PENDING}'",
             order_by=["attributes.start_time ASC"],
@@ -82,10 +80,9 @@ def link_stage_run(pipeline_run_id: str, stage: str, source, pending_id: str | N
     already under an earlier pipeline (DVC skipped the stage as cached) gets a linking child run
     here with its params and metrics.
     """
-    import mlflow
 
     if _unclaimed(source, pending_id):
-        mlflow.MlflowClient().set_tag(source.info.run_id, TAG_PARENT, pipeline_run_id)
+        outage.client().set_tag(source.info.run_id, TAG_PARENT, pipeline_run_id)
         return source.info.run_id
     tags = {k: v for k, v in source.data.tags.items() if not k.startswith("mlflow.")}
     tags.update(
@@ -148,9 +145,8 @@ def record_pipeline(
     onto the pipeline run, so its row shows the data, the training and the result.
     It is named after the DVC experiment, or ``pipeline``.
     """
-    import mlflow
 
-    client = mlflow.MlflowClient()
+    client = outage.client()
     sources = _sources(experiment_id, made_by)
     final = client.get_run(final_run_id)
     pending_id = pending_row(experiment_id)

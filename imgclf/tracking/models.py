@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from imgclf.tracking import outage
+
 
 def log_keras_model(model, labels: list[str], registered_name: str | None = None) -> str:
     """Log ``model`` to the active run as an MLflow Keras model (artifact ``keras_model``).
@@ -65,10 +67,9 @@ def promote(
     The version gets every figure as a tag (``imgclf.test_accuracy``), so the next comparison
     reads the champion's from the registry. Returns (promoted, why) for the run's record.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    client = mlflow.MlflowClient()
+    client = outage.client()
     if train_run_id is None:
         return False, "no train run in this tracking store made this model"
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{train_run_id}'")

@@ -40,7 +40,7 @@ from typing import Any
 
 from imgclf import pipeline
 from imgclf.core.params import Params
-from imgclf.tracking import datasets, lineage, runs, store
+from imgclf.tracking import datasets, lineage, outage, runs, store
 from imgclf.tracking.models import log_keras_model, promote
 from imgclf.tracking.result import DataInput, StageResult
 
@@ -72,51 +72,54 @@ class Recorder:
         finally:
             self.seconds += time.perf_counter() - start
 
-    def log_params(self, params: dict[str, Any]) -> None:
-        """Params the stage found out as it went (e.g. the model's size), logged at once."""
-        import mlflow
+    def _send(self, metrics: dict[str, float] | None = None, step: int = 0, params=None, tags=None) -> None:
+        """Queue records of this run in the outbox (sent in order; kept through an outage)."""
+        from mlflow.entities import Metric, Param, RunTag
 
+        now = int(time.time() * 1000)
+        outage.outbox().put(
+            self.run_id,
+            metrics=[Metric(k, v, now, step) for k, v in _metrics(metrics or {}).items()],
+            params=[Param(k, str(v)) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Params the stage found out as it went (e.g. the model's size)."""
         with self._timed():
-            mlflow.log_params(params)
+            self._send(params=params)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         """One epoch's metrics, at step ``epoch`` (an ``epoch`` entry is the step, not logged)."""
-        import mlflow
-
         with self._timed():
-            mlflow.log_metrics(_metrics({k: v for k, v in metrics.items() if k != "epoch"}), step=epoch)
+            self._send({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
 
     def log_history(self, history: list[dict[str, float]]) -> None:
         """Log the epochs of a resumed run's ``history`` that its run is missing (an interruption
-        can fall between an epoch's checkpoint and its logging)."""
-        import mlflow
-
+        can fall between an epoch's checkpoint and its logging, or an outage outlast the stage)."""
         if not history:
             return
         with self._timed():
             first = next(k for k in history[0] if k != "epoch")
-            logged = mlflow.MlflowClient().get_metric_history(self.run_id, runs.metric_key(first))
+            logged = outage.client().get_metric_history(self.run_id, runs.metric_key(first))
             last = max((m.step for m in logged), default=0)
         for row in history:
             if row["epoch"] > last:
                 self.log_epoch(row["epoch"], row)
 
     def record(self, result: StageResult) -> None:
-        """Log the stage's result to its run."""
+        """Log the stage's result to its run: its figures and tags through the outbox, then its
+        artifacts and model, which wait for an unreachable server (up to the limit)."""
         import mlflow
 
         with self._timed():
             tags = {FINGERPRINT_TAGS[kind]: value for kind, value in result.fingerprints.items()}
-            mlflow.set_tags(tags)
-            if result.facts:
-                mlflow.log_params(result.facts)
-            if result.metrics:
-                mlflow.log_metrics(_metrics(result.metrics))
+            self._send(result.metrics, params=result.facts, tags=tags)
             for path, folder in result.artifacts:
-                mlflow.log_artifact(str(path), artifact_path=folder)
+                outage.patiently(f"logging {path.name}", mlflow.log_artifact, str(path), artifact_path=folder)
             if result.model is not None:
                 name = self.p.mlflow.model_name if self.p.mlflow.register_model else None
-                log_keras_model(result.model, result.labels, name)
+                outage.patiently("logging the model", log_keras_model, result.model, result.labels, name)
         self.result = result
 
 
@@ -143,10 +146,7 @@ def recorder(
         datasets.log(run.info.run_id, inputs or [])
         rec.seconds = time.perf_counter() - start
         yield rec
-        with rec._timed():
-            import mlflow
-
-            mlflow.log_metric(lineage.STAGE_OVERHEAD, round(rec.seconds, 3))
+        rec._send({lineage.STAGE_OVERHEAD: round(rec.seconds, 3)})
     if rec.result is not None and rec.result.summary:
         log.info("%s [run %s]", rec.result.summary, run.info.run_id)
 
@@ -174,7 +174,6 @@ def promote_champion(p: Params, rec: Recorder, pipeline_id: str) -> bool:
     """Apply the champion rule (``evaluate.promote``) to the model ``rec`` evaluated; tag the
     outcome (promoted or not, and why) on its run and on the pipeline run. Returns whether the
     alias moved."""
-    import mlflow
 
     result = rec.result
     made = lineage.find_stage_run(
@@ -191,7 +190,7 @@ def promote_champion(p: Params, rec: Recorder, pipeline_id: str) -> bool:
             rec.experiment_id,
         )
     log.info("%s: %s", "promoted" if promoted else "not promoted", why)
-    client = mlflow.MlflowClient()
+    client = outage.client()
     for run_id in (rec.run_id, pipeline_id):
         client.set_tag(run_id, TAG_PROMOTED, str(promoted).lower())
         client.set_tag(run_id, TAG_PROMOTION, why)

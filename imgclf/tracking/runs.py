@@ -14,7 +14,7 @@ from typing import Any
 
 from imgclf.console import interrupt
 from imgclf.core import paths
-from imgclf.tracking import system
+from imgclf.tracking import outage, system
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,9 @@ def _continue_run(run_id: str, experiment_id: str, stage: str):
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    client = outage.client()
     try:
-        run = mlflow.MlflowClient().get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException:
         run = None
     if (
@@ -80,10 +81,10 @@ def _continue_run(run_id: str, experiment_id: str, stage: str):
     ):
         log.warning("the interrupted run %s is not in this store any more: starting a new run", run_id)
         return None
-    active = mlflow.start_run(run_id=run_id, log_system_metrics=False)
-    mlflow.set_tags({**context_tags(stage), TAG_PROCESS: _this_process()})
+    active = outage.patiently("reopening the run", mlflow.start_run, run_id=run_id, log_system_metrics=False)
+    outage.patiently("tagging the run", mlflow.set_tags, {**context_tags(stage), TAG_PROCESS: _this_process()})
     if TAG_END_REASON in run.data.tags:  # closed while its process was gone; carried on now
-        mlflow.MlflowClient().delete_tag(run_id, TAG_END_REASON)
+        client.delete_tag(run_id, TAG_END_REASON)
     return active
 
 
@@ -115,9 +116,7 @@ def close_abandoned(experiment_id: str, keep: str | None = None, reasons: dict[s
     """Close KILLED every RUNNING run that can never end by itself, with the reason as a tag: the
     runs of ``reasons`` (a discarded checkpoint's, which no training will carry on) and the stage
     runs of this host whose process has ended. ``keep`` is the run a resumed training carries on."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
+    client = outage.client()
     running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
     for run in running:
         run_id = run.info.run_id
@@ -137,8 +136,9 @@ def open_run(
     parent: str | None = None,
 ) -> Iterator[Any]:
     """The active run of ``stage`` (named after it) with ``params``, its machine figures
-    sampled meanwhile (:mod:`~imgclf.tracking.system`); on leaving, it ends FINISHED, KILLED
-    (Ctrl-C, SIGTERM: see :mod:`imgclf.console.interrupt`) or FAILED (any other exception).
+    sampled meanwhile (:mod:`~imgclf.tracking.system`); on leaving, once what the run logged is
+    sent (:mod:`~imgclf.tracking.outage`), it ends FINISHED, KILLED (Ctrl-C, SIGTERM: see
+    :mod:`imgclf.console.interrupt`) or FAILED (any other exception).
 
     ``continue_run`` is the id of an interrupted run of the same stage to carry on (a resumed
     training), if the store still has it; a new run starts under the run ``parent``, if given.
@@ -148,14 +148,24 @@ def open_run(
     # A stray MLFLOW_RUN_ID would make start_run resume someone else's run.
     os.environ.pop("MLFLOW_RUN_ID", None)
     active = _continue_run(continue_run, experiment_id, stage) if continue_run else None
+    first_step = 0
     if active is None:
         tags = {**context_tags(stage), TAG_PROCESS: _this_process(), **({TAG_PARENT: parent} if parent else {})}
-        active = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags, log_system_metrics=False)
-    monitor = system.start(active.info.run_id)
+        active = outage.patiently(
+            "opening the run",
+            mlflow.start_run,
+            experiment_id=experiment_id,
+            run_name=stage,
+            tags=tags,
+            log_system_metrics=False,
+        )
+    else:
+        first_step = system.next_step(outage.client(), active.info.run_id)
+    if params:
+        outage.patiently("logging the params", mlflow.log_params, params)
+    monitor = system.start(active.info.run_id, first_step)
     status = "FINISHED"
     try:
-        if params:
-            mlflow.log_params(params)
         yield active
     except KeyboardInterrupt:
         status = "KILLED"
@@ -166,7 +176,25 @@ def open_run(
     finally:
         if monitor is not None:
             monitor.finish()
-        mlflow.end_run(status)
+        _end_run(status)
+
+
+def _end_run(status: str) -> None:
+    """Send what the run logged, then close it as ``status``. A run that failed while the
+    server is unreachable is not waited for: it closes if the server answers at once, else the
+    next stage closes it (:func:`close_abandoned`) or a rerun carries it on."""
+    import mlflow
+
+    box = outage.outbox()
+    if status != "FINISHED" and outage.health.is_down:
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status)
+        return
+    if not box.flush(outage.wait_limit()):
+        # What is kept is lost with this process; a rerun logs a training's missing epochs again
+        # from its checkpoint (Recorder.log_history).
+        raise outage.unreachable(f"sending the last {box.pending()} records of the run")
+    outage.patiently("closing the run", mlflow.end_run, status)
 
 
 def write_run(

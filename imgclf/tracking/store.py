@@ -15,6 +15,7 @@ from pathlib import Path
 
 from imgclf.core import paths
 from imgclf.core.errors import PipelineError
+from imgclf.tracking import outage
 
 # Fail fast on a dead tracking server instead of retrying for minutes (users may override).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -68,17 +69,23 @@ def setup(experiment: str) -> str:
     import mlflow
 
     uri = tracking_uri()
+    outage.health.watch(uri)
     mlflow.set_tracking_uri(uri)
     try:
         with _store_lock(uri):
-            client = mlflow.MlflowClient()
+            client = outage.client()  # a server that is restarting is waited for
             exp = client.get_experiment_by_name(experiment)
             if exp is None:
                 exp_id = client.create_experiment(experiment, artifact_location=_artifacts_beside(uri))
             else:
                 exp_id = exp.experiment_id
-        mlflow.set_experiment(experiment_id=exp_id)
+        outage.patiently("opening the experiment", mlflow.set_experiment, experiment_id=exp_id)
+    except PipelineError:
+        raise
     except Exception as err:  # connection errors come in many types
+        refused = _credentials(err)
+        if refused:
+            raise PipelineError(f"tracking server {uri} {refused}") from None
         raise PipelineError(
             f"cannot use MLflow tracking store {uri}: {_reason(err)} (fix MLFLOW_TRACKING_URI or start the server)"
         ) from None
@@ -95,6 +102,26 @@ def _artifacts_beside(uri: str) -> str | None:
     if not uri.startswith(prefix):
         return None
     return (Path(uri[len(prefix) :]).resolve().parent / "mlartifacts").as_uri()
+
+
+def _credentials(err: Exception) -> str | None:
+    """What to do when the server refused who we are (HTTP 401 or 403), or None. The
+    credentials themselves are never shown."""
+    text = str(err)
+    if "401" not in text and "403" not in text and "PERMISSION_DENIED" not in text and "UNAUTHENTICATED" not in text:
+        return None
+    if "403" in text or "PERMISSION_DENIED" in text:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+        return (
+            f"denies user {user!r} access to the experiment: ask the server's admin for a permission, "
+            "or set MLFLOW_TRACKING_USERNAME to another account"
+        )
+    missing = [v for v in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD") if not os.environ.get(v)]
+    if missing:
+        return f"needs a login: set {' and '.join(missing)} (an account on the server)"
+    return (
+        "refused the login in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD: set them to an account on the server"
+    )
 
 
 def _reason(err: Exception) -> str:

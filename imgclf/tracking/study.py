@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imgclf.tracking import runs, store
+from imgclf.tracking import outage, runs, store
 
 STAGE = "tune"
 TAG_STATE = "imgclf.trial_state"
@@ -30,9 +30,7 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
 def _client():
-    import mlflow
-
-    return mlflow.MlflowClient()
+    return outage.client()  # waits out a tracking outage (up to its limit): no trial fails for one
 
 
 def open_study_run(experiment: str, study: str, params: dict[str, Any], run_id: str | None = None) -> str:
@@ -78,11 +76,12 @@ def start_trial(study_run_id: str, number: int, params: dict[str, Any], worker: 
 
 
 def log_epoch(run_id: str, epoch: int, row: dict[str, float]) -> None:
+    """A trial's epoch, queued in the outbox: the trial trains on through an outage."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(v), now, epoch) for k, v in row.items() if k != "epoch"]
-    _client().log_batch(run_id, metrics=metrics)
+    outage.outbox().put(run_id, metrics=metrics)
 
 
 def end_trial(run_id: str, state: str, metrics: dict[str, float] | None = None, status: str | None = None) -> None:
@@ -91,6 +90,8 @@ def end_trial(run_id: str, state: str, metrics: dict[str, float] | None = None, 
     from mlflow.entities import Metric
 
     client = _client()
+    if not outage.outbox().flush(outage.wait_limit()):
+        raise outage.unreachable(f"sending the epochs of trial run {run_id}")
     if metrics:
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])

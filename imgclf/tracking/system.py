@@ -14,9 +14,8 @@ worker processes are measured: ``system/process_cpu_percentage`` (100 = one core
 from __future__ import annotations
 
 import logging
+import threading
 import time
-
-from imgclf.core import internals
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +23,7 @@ FIRST_INTERVAL = 1.0  # seconds between samples at the start
 LAST_INTERVAL = 10.0  # ... and once the run is ten minutes old
 LONGEST_WINDOW = 60.0  # seconds a logged point may average, at most
 PACE = 60.0  # a logged point about every age/PACE seconds
+PREFIX = "system/"  # MLflow's own name for these figures
 
 
 def pace(age: float) -> tuple[float, int]:
@@ -69,41 +69,91 @@ def _process_monitor():
     return ProcessMonitor()
 
 
-def start(run_id: str):
-    """Start sampling for run ``run_id`` in a daemon thread; return the monitor (or None if
-    MLflow's monitor cannot start, e.g. without psutil: a warning, not a failure)."""
-    try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+def _monitors() -> list:
+    """MLflow's host-wide monitors (CPU, disk, network; a GPU's where there is one) and ours."""
+    from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+    from mlflow.system_metrics.metrics.disk_monitor import DiskMonitor
+    from mlflow.system_metrics.metrics.network_monitor import NetworkMonitor
 
-        class PacedMonitor(SystemMetricsMonitor):
-            def __init__(self, run_id: str):
-                # resume_logging: a resumed training continues its figures' steps.
-                super().__init__(run_id, sampling_interval=FIRST_INTERVAL, resume_logging=True)
-                self.monitors.append(_process_monitor())
-                self.started = time.monotonic()
+    found = [CPUMonitor(), DiskMonitor(), NetworkMonitor(), _process_monitor()]
+    for module, name in (("gpu_monitor", "GPUMonitor"), ("rocm_monitor", "ROCMMonitor")):
+        try:  # NVIDIA's or AMD's bindings and a GPU: either may be missing
+            mod = __import__(f"mlflow.system_metrics.metrics.{module}", fromlist=[name])
+            found.append(getattr(mod, name)())
+            break
+        except Exception:
+            continue
+    return found
 
-            def collect_metrics(self):
-                self.sampling_interval, self.samples_before_logging = pace(time.monotonic() - self.started)
-                return super().collect_metrics()
 
-            def finish(self):
-                """Stop, and log the samples since the last point with one more taken now
-                (MLflow's own ``finish`` drops them: a short stage would get no figures)."""
-                stopped = internals.stop_system_monitor(self)
-                if stopped is None:
-                    return super().finish()
-                if not stopped:
+class Sampler:
+    """Samples the monitors in a daemon thread at :func:`pace`, and queues each point in the
+    outbox (:mod:`~imgclf.tracking.outage`), so a tracking outage loses no point and never stops
+    the sampling. A resumed run's points continue after its last step."""
+
+    def __init__(self, run_id: str, first_step: int):
+        from imgclf.tracking.outage import outbox
+
+        self.run_id = run_id
+        self.step = first_step
+        self.monitors = _monitors()
+        self.outbox = outbox()
+        self.started = time.monotonic()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, name="imgclf-system-metrics", daemon=True)
+
+    def _collect(self) -> None:
+        for monitor in self.monitors:
+            monitor.collect_metrics()
+
+    def _publish(self) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        points = {}
+        for monitor in self.monitors:
+            if monitor.metrics:
+                points.update(monitor.aggregate_metrics())
+            monitor.clear_metrics()
+        if points:
+            metrics = [Metric(f"{PREFIX}{k}", float(v), now, self.step) for k, v in points.items()]
+            self.outbox.put(self.run_id, metrics=metrics)
+            self.step += 1
+
+    def _sample(self) -> None:
+        while not self.stop.is_set():
+            interval, samples = pace(time.monotonic() - self.started)
+            for _ in range(samples):
+                self._collect()
+                if self.stop.wait(interval):
                     return
-                try:
-                    self.collect_metrics()
-                    self.publish_metrics(self.aggregate_metrics())
-                    self.mlflow_logger.flush()
-                except Exception as err:
-                    log.warning("the last system metrics were not logged: %s", err)
+            self._publish()
 
-        monitor = PacedMonitor(run_id)
-        monitor.start()
-        return monitor
+    def finish(self) -> None:
+        """Stop, and queue the samples since the last point with one more taken now (a short
+        stage would otherwise get no figures)."""
+        self.stop.set()
+        self.thread.join()
+        try:
+            self._collect()
+            self._publish()
+        except Exception as err:
+            log.warning("the last system metrics were not logged: %s", err)
+
+
+def next_step(client, run_id: str) -> int:
+    """The step after the last system metric point of ``run_id`` (a resumed run), or 0."""
+    history = client.get_metric_history(run_id, f"{PREFIX}process_cpu_percentage")
+    return max((m.step for m in history), default=-1) + 1
+
+
+def start(run_id: str, first_step: int = 0) -> Sampler | None:
+    """Start sampling for run ``run_id`` (its points from ``first_step`` on); return the sampler,
+    or None if the monitors cannot start (e.g. without psutil: a warning, not a failure)."""
+    try:
+        sampler = Sampler(run_id, first_step)
+        sampler.thread.start()
+        return sampler
     except Exception as err:
         log.warning("no system metrics for this run: %s", err)
         return None

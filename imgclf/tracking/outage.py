@@ -1,0 +1,294 @@
+"""Riding out a tracking server that goes away: a restart, a network blip, a database failover.
+
+Two ways through an outage, for two kinds of call:
+
+- What can wait goes through the :class:`Outbox`: per-epoch metrics, params and tags found on
+  the way, system metrics. A thread sends them in order, with the time they were taken; while
+  the server is unreachable it keeps them and tries again with a growing pause (1 s to 30 s), so
+  training never waits for the server and the run ends exactly as if nothing had happened.
+- What cannot wait (opening a run, the artifacts and the model at the end, closing the run) is
+  called through :func:`patiently`: retried with the same pauses for up to
+  ``IMGCLF_TRACKING_WAIT`` seconds (default :data:`DEFAULT_WAIT`), then
+  :class:`TrackingUnreachable`, one line that says what was not recorded and what to do.
+
+The console says once that the server is gone and once that it is back (with how much it kept).
+Only failures to reach the server count as an outage (connection refused or reset, a timeout,
+a gateway's 502/503/504 after MLflow's own retries); any other error is raised at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from imgclf.core.errors import PipelineError
+
+log = logging.getLogger("imgclf.tracking")
+
+T = TypeVar("T")
+
+DEFAULT_WAIT = 300.0  # seconds the calls that cannot go on without the server wait for it
+WAIT_ENV = "IMGCLF_TRACKING_WAIT"
+FIRST_PAUSE, LONGEST_PAUSE = 1.0, 30.0
+
+# What MLflow's HTTP client says when the server cannot be reached (after its own retries).
+_UNREACHABLE = (
+    "Connection refused",
+    "Connection aborted",
+    "Connection reset",
+    "RemoteDisconnected",
+    "Max retries exceeded",
+    "timed out",
+    "Read timed out",
+    "502",
+    "503",
+    "504",
+)
+# MLflow caps one log_batch call at these.
+MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
+
+
+class TrackingUnreachable(PipelineError):
+    """The tracking server stayed unreachable for longer than the wait."""
+
+
+def wait_limit() -> float:
+    """Seconds to wait for the server (``IMGCLF_TRACKING_WAIT``); a bad value is an error."""
+    raw = os.environ.get(WAIT_ENV, "")
+    if not raw:
+        return DEFAULT_WAIT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise PipelineError(f"{WAIT_ENV}={raw!r} is not a number of seconds: set it to e.g. 300, or unset it")
+    return value
+
+
+def is_outage(err: BaseException) -> bool:
+    """Whether ``err`` says the server could not be reached (not that it refused the request)."""
+    import requests
+
+    if isinstance(err, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError):
+        return True
+    text = str(err)
+    return "API request to" in text and any(needle in text for needle in _UNREACHABLE)
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err)
+    for needle, reason in (
+        ("Connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("Connection reset", "connection reset"),
+        ("Connection aborted", "connection aborted"),
+        ("RemoteDisconnected", "connection closed"),
+    ):
+        if needle in text:
+            return reason
+    for code in ("502", "503", "504"):
+        if f"{code} error" in text or f"status code {code}" in text or f" {code} " in text:
+            return f"HTTP {code}"
+    return "no answer"
+
+
+class _Health:
+    """Whether the server answers, told once when it goes and once when it comes back."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.uri: str | None = None
+        self.down_since: float | None = None
+
+    def down(self, err: BaseException) -> None:
+        with self._lock:
+            if self.down_since is not None:
+                return
+            self.down_since = time.monotonic()
+        from imgclf.tracking.store import tracking_uri
+
+        log.warning(
+            "tracking server %s unreachable (%s): training goes on and what it logs is kept for the server; "
+            "what cannot go on without it (opening or closing a run, artifacts) waits up to %.0f s (%s)",
+            tracking_uri(),
+            _reason(err),
+            wait_limit(),
+            WAIT_ENV,
+        )
+
+    def up(self, kept: int = 0) -> None:
+        """The server answered; ``kept``: how many records held back for it are now being sent."""
+        with self._lock:
+            if self.down_since is None:
+                return
+            gone = time.monotonic() - self.down_since
+            self.down_since = None
+        from imgclf.tracking.store import tracking_uri
+
+        sending = f": sending the {kept} records kept meanwhile" if kept else ""
+        log.warning("tracking server %s is back after %.0f s%s", tracking_uri(), gone, sending)
+
+    def watch(self, uri: str) -> None:
+        """Watch the store at ``uri``; forget what was known of another one (a process may
+        switch stores, e.g. in tests)."""
+        with self._lock:
+            if uri != self.uri:
+                self.uri, self.down_since = uri, None
+
+    @property
+    def is_down(self) -> bool:
+        return self.down_since is not None
+
+
+health = _Health()
+
+
+def unreachable(what: str, reason: str = "no answer") -> TrackingUnreachable:
+    """The one-line error for a server still unreachable after the wait, while doing ``what``."""
+    from imgclf.tracking.store import tracking_uri
+
+    return TrackingUnreachable(
+        f"tracking server {tracking_uri()} unreachable for {wait_limit():.0f} s ({reason}) while {what}: "
+        f"check MLFLOW_TRACKING_URI and run the stage again once the server answers (a finished training "
+        f"is then recorded, not retrained; {WAIT_ENV} sets how long to wait)"
+    )
+
+
+def patiently(what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``, retried while the server is unreachable, for up to
+    :func:`wait_limit` seconds from the first failure; then :class:`TrackingUnreachable`
+    naming ``what`` (e.g. "logging the model")."""
+    limit = wait_limit()
+    deadline = None
+    pause = FIRST_PAUSE
+    while True:
+        try:
+            result = call(*args, **kwargs)
+        except Exception as err:
+            if not is_outage(err):
+                raise
+            health.down(err)
+            now = time.monotonic()
+            deadline = deadline or now + limit
+            if now >= deadline:
+                raise unreachable(what, _reason(err)) from None
+            time.sleep(min(pause, deadline - now))
+            pause = min(pause * 2, LONGEST_PAUSE)
+        else:
+            health.up()
+            return result
+
+
+class _Patient:
+    """An MlflowClient whose every call is made :func:`patiently`."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            return patiently(f"calling MLflow ({name})", attr, *args, **kwargs)
+
+        return call
+
+
+def client():
+    """An MLflow client that waits out an outage (see :func:`patiently`)."""
+    import mlflow
+
+    return _Patient(mlflow.MlflowClient())
+
+
+class Outbox:
+    """Metrics, params and tags of runs, sent in order by a background thread; kept while the
+    server is unreachable and sent when it is back. One per process: :func:`outbox`."""
+
+    def __init__(self):
+        self._items: collections.deque = collections.deque()  # ((uri, run_id), metrics, params, tags)
+        self._cond = threading.Condition()
+        self._sending = False
+        self._thread: threading.Thread | None = None
+
+    def put(self, run_id: str, metrics: Iterable = (), params: Iterable = (), tags: Iterable = ()) -> None:
+        """Queue MLflow ``Metric``, ``Param`` and ``RunTag`` entries of ``run_id``."""
+        import mlflow
+
+        # The store is the one in use now (a test process may use several, one after another).
+        item = ((mlflow.get_tracking_uri(), run_id), list(metrics), list(params), list(tags))
+        with self._cond:
+            self._items.append(item)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._send_all, name="imgclf-outbox", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued is sent (True), or ``timeout`` seconds pass (False)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._items and not self._sending, timeout)
+
+    def pending(self) -> int:
+        """How many records are waiting to be sent."""
+        with self._cond:
+            return sum(len(m) + len(p) + len(t) for _, m, p, t in self._items)
+
+    def _take(self) -> tuple[tuple[str, str], list, list, list]:
+        """The next batch: queued items of one run, in order, within MLflow's batch limits."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._items)
+            self._sending = True
+            run_id, metrics, params, tags = self._items.popleft()
+            while self._items and self._items[0][0] == run_id:
+                _, m, p, t = self._items[0]
+                if (
+                    len(metrics) + len(m) > MAX_METRICS
+                    or len(params) + len(p) > MAX_PARAMS
+                    or len(tags) + len(t) > MAX_TAGS
+                ):
+                    break
+                self._items.popleft()
+                metrics, params, tags = metrics + m, params + p, tags + t
+            return run_id, metrics, params, tags
+
+    def _send_all(self) -> None:
+        import mlflow
+
+        while True:
+            (uri, run_id), metrics, params, tags = self._take()
+            client = mlflow.MlflowClient(uri)
+            pause = FIRST_PAUSE
+            while True:
+                try:
+                    client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+                except Exception as err:
+                    if is_outage(err):
+                        health.down(err)
+                        time.sleep(pause)
+                        pause = min(pause * 2, LONGEST_PAUSE)
+                        continue
+                    n = len(metrics) + len(params) + len(tags)
+                    log.warning("MLflow refused %d records of run %s: %s", n, run_id, err)
+                else:
+                    if health.is_down:
+                        health.up(kept=len(metrics) + len(params) + len(tags) + self.pending())
+                break
+            with self._cond:
+                self._sending = False
+                self._cond.notify_all()
+
+
+_OUTBOX = Outbox()
+
+
+def outbox() -> Outbox:
+    return _OUTBOX
