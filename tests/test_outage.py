@@ -8,8 +8,10 @@ rerun records the finished training without training again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sqlite3
 import subprocess
 import time
 
@@ -18,10 +20,12 @@ import pytest
 from imgclf.training.checkpoint import STATE_FILE
 
 from .helpers import MlflowServer, Project
+from .test_tune import _set_tune
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 12
+TRIAL_EPOCHS = 3
 EPOCH_LINE = re.compile(r"epoch \d+/\d+:")
 
 
@@ -119,3 +123,48 @@ def test_a_server_gone_at_the_end_fails_in_one_line_and_the_rerun_trains_nothing
     assert "resuming" in out.lower(), out[-4000:]
     _assert_every_epoch_once(p, server.url)
     assert p.sh("dvc", "status", "--json").stdout.strip() == "{}"
+
+
+def _trial_states(p: Project) -> list[str]:
+    """The study's trial states, read straight from Optuna's SQLite file (no tables yet: [])."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{p.root / 'optuna.db'}?mode=ro", uri=True, timeout=5)) as con:
+            return [row[0] for row in con.execute("SELECT state FROM trials")]
+    except sqlite3.Error:
+        return []
+
+
+def test_an_outage_during_a_study_fails_no_trial_and_loses_no_trial_run(project: Project, server: MlflowServer):
+    p = project
+    _set_tune(p, pruner="none", epochs=TRIAL_EPOCHS)
+    tune = subprocess.Popen(
+        ["python", "-m", "stages.tune", "--trials", "3"],
+        cwd=p.root,
+        env=p.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while "RUNNING" not in _trial_states(p):  # the first trial's run is open: stop the server now
+        assert tune.poll() is None and time.monotonic() < deadline, tune.stdout.read()[-3000:]
+        time.sleep(0.02)
+    server.stop()
+    time.sleep(3)
+    server.start()
+    out, _ = tune.communicate(timeout=300)
+    assert tune.returncode == 0, out[-4000:]
+    assert _trial_states(p) == ["COMPLETE"] * 3, out[-4000:]
+    assert "unreachable" in out and "is back after" in out, out[-4000:]
+
+    import mlflow
+
+    client = mlflow.MlflowClient(server.url)
+    exp = client.get_experiment_by_name("image-classification")
+    (study_run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'tune-tune'")
+    trials = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{study_run.info.run_id}'")
+    assert study_run.info.status == "FINISHED" and len(trials) == 3
+    for run in trials:
+        assert run.info.status == "FINISHED" and run.data.tags["imgclf.trial_state"] == "COMPLETE"
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
+        assert steps == list(range(1, TRIAL_EPOCHS + 1)), (run.info.run_name, steps)

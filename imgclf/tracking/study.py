@@ -9,7 +9,9 @@ per-epoch metrics, ``best/<metric>`` for its best epoch, and its Optuna state as
 killed one KILLED and a failed one FAILED.
 
 Runs are written with :class:`mlflow.MlflowClient` by id, so several trials (threads or
-processes) can write at once without MLflow's active-run state.
+processes) can write at once without MLflow's active-run state. A tracking outage fails no trial:
+epochs and the study's figures go through the outbox, every other call waits for the server
+(:mod:`~imgclf.tracking.outage`).
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def update_study(run_id: str, metrics: dict[str, float], tags: dict[str, str], s
     from mlflow.entities import Metric, RunTag
 
     now = int(time.time() * 1000)
-    _client().log_batch(
+    outage.outbox().put(
         run_id,
         metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
         tags=[RunTag(k, str(v)) for k, v in tags.items()],
@@ -113,6 +115,8 @@ def update_study(run_id: str, metrics: dict[str, float], tags: dict[str, str], s
 
 def finish_study(run_id: str, artifacts: list[Path], status: str = "FINISHED") -> None:
     client = _client()
+    if not outage.outbox().flush(outage.wait_limit()):
+        raise outage.unreachable("sending the study's figures")
     for path in artifacts:
         client.log_artifact(run_id, str(path), "tune")
     client.set_terminated(run_id, status)
