@@ -162,6 +162,49 @@ def test_full_disk_leaves_no_partial_output(workspace, capsys, monkeypatch):
     assert [r.info.status for r in _runs("augment")] == ["FAILED"]
 
 
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_rerun_resumes_from_it(workspace, capsys, monkeypatch):
+    import tensorflow as tf
+
+    from imgclf.training.checkpoint import STATE_FILE
+
+    monkeypatch.setenv("IMGCLF_CHECKPOINT_DIR", str(workspace.root / "ckpts"))
+    workspace.write_params(train={"epochs": 4})
+    assert run_stage("augment", augment.run) == 0
+    real = tf.train.CheckpointManager.save
+    saves = []
+
+    def save(self, *args, **kwargs):
+        """The third save (epoch 3) fills the disk halfway through, as TensorFlow reports it."""
+        saves.append(kwargs)
+        if len(saves) == 3:
+            partial = Path(self.directory) / "ckpt-3_temp"
+            partial.mkdir()
+            (partial / "part-00000-of-00001.data-00000-of-00001.tempstate1").write_bytes(b"\0" * 4096)
+            raise tf.errors.ResourceExhaustedError(None, None, f"{partial}/part-00000; No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
+    capsys.readouterr()
+    assert run_stage("train", train.run) == 2
+    line = _last_line(capsys)
+    folder = next((workspace.root / "ckpts").glob("train-*"))
+    assert line.startswith(f"error: train: no space left for a checkpoint in {folder}: one takes about "), line
+    assert " are free" in line and "IMGCLF_CHECKPOINT_DIR" in line and "resumes from epoch 2" in line
+    assert not paths.MODEL.exists()
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("ckpt-3")) == []
+    assert (folder / STATE_FILE).exists()
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", real)
+    assert run_stage("train", train.run) == 0
+    assert "resuming from epoch 2" in capsys.readouterr().err
+    (run,) = _runs("train")
+    assert run.info.status == "FINISHED"
+    import mlflow
+
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")]
+    assert sorted(steps) == [1, 2, 3, 4]
+
+
 def test_unreachable_tracking_server_fails_before_training(workspace, capsys, monkeypatch):
     assert run_stage("augment", augment.run) == 0
     capsys.readouterr()

@@ -23,6 +23,7 @@ training completes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -34,6 +35,7 @@ from typing import Any
 
 from imgclf import pipeline
 from imgclf.core import paths
+from imgclf.core.errors import PipelineError
 from imgclf.core.params import Params
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,7 @@ class CheckpointWriter:
         import tensorflow as tf
 
         self.store = store
+        self._variables = variables
         self.checkpoint = tf.train.Checkpoint(**variables)
         self.counter = int(store.state.get("counter", 0)) if store and store.state else 0
         self.manager = None
@@ -161,8 +164,35 @@ class CheckpointWriter:
             self.checkpoint.write(str(scratch / "ckpt"))
             shutil.rmtree(scratch, ignore_errors=True)
             return
-        path = self.manager.save(checkpoint_number=self.counter)
-        self.store.commit({"checkpoint": path.rsplit("/", 1)[-1], "counter": self.counter, **state})
+        try:
+            path = self.manager.save(checkpoint_number=self.counter)
+            self.store.commit({"checkpoint": path.rsplit("/", 1)[-1], "counter": self.counter, **state})
+        except Exception as err:
+            if not _disk_full(err):
+                raise
+            self.counter -= 1
+            raise self._out_of_space() from None
+
+    def _out_of_space(self) -> PipelineError:
+        """Remove what the failed save left, so the last committed checkpoint stays the one to
+        resume; the error says where, how much space a checkpoint takes and what is free."""
+        folder = self.store.folder
+        committed = (self.store.state or {}).get("checkpoint")
+        for leftover in folder.glob(f"ckpt-{self.counter + 1}*"):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        (folder / f".{STATE_FILE}.tmp").unlink(missing_ok=True)
+        size = sum(f.stat().st_size for f in folder.glob(f"{committed}.*")) if committed else 0
+        need = size or sum(int(v.numpy().nbytes) for v in self.checkpoint_variables())
+        free = shutil.disk_usage(folder).free
+        resume = f"it resumes from epoch {self.store.state['epoch']}" if committed else "it starts again"
+        return PipelineError(
+            f"no space left for a checkpoint in {folder}: one takes about {_size(need)}, {_size(free)} are free; "
+            f"free some space (or set {ENV_DIR} to a bigger disk) and run the stage again: {resume}"
+        )
+
+    def checkpoint_variables(self) -> list:
+        """Every variable the checkpoint holds (its size when no checkpoint was written yet)."""
+        return [v for group in self._variables.values() for v in group]
 
 
 def open_checkpoints(
@@ -251,6 +281,21 @@ def _remove_stale(root: Path, keep: Path, ident: dict[str, Any], discarded: list
                 )
                 _note(discarded, state, f"changed: {changed}")
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1e3:.0f} kB"
+
+
+def _disk_full(err: BaseException) -> bool:
+    """Whether ``err`` says the disk (or the user's quota) is full: an OSError from Python, or
+    TensorFlow's ResourceExhaustedError saying so."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "No space left on device" in str(err) or "Disk quota exceeded" in str(err)
 
 
 def _write_durably(target: Path, text: str) -> None:
