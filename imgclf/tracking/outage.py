@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -45,10 +46,9 @@ _UNREACHABLE = (
     "Max retries exceeded",
     "timed out",
     "Read timed out",
-    "502",
-    "503",
-    "504",
 )
+# A gateway in front of the server that cannot reach it (urllib3's words after its retries, MLflow's).
+_GATEWAY = re.compile(r"too many 50[234] error responses|error code 50[234]\b")
 # MLflow caps one log_batch call at these.
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
 
@@ -78,7 +78,7 @@ def is_outage(err: BaseException) -> bool:
     if isinstance(err, requests.exceptions.ConnectionError | requests.exceptions.Timeout | ConnectionError):
         return True
     text = str(err)
-    return "API request to" in text and any(needle in text for needle in _UNREACHABLE)
+    return "API request to" in text and (any(needle in text for needle in _UNREACHABLE) or bool(_GATEWAY.search(text)))
 
 
 def _reason(err: BaseException) -> str:
@@ -92,10 +92,8 @@ def _reason(err: BaseException) -> str:
     ):
         if needle in text:
             return reason
-    for code in ("502", "503", "504"):
-        if f"{code} error" in text or f"status code {code}" in text or f" {code} " in text:
-            return f"HTTP {code}"
-    return "no answer"
+    gateway = _GATEWAY.search(text)
+    return f"HTTP {gateway.group(0)[-3:]}" if gateway else "no answer"
 
 
 class _Health:
@@ -111,12 +109,12 @@ class _Health:
             if self.down_since is not None:
                 return
             self.down_since = time.monotonic()
-        from imgclf.tracking.store import tracking_uri
+        from imgclf.tracking.store import shown_uri
 
         log.warning(
             "tracking server %s unreachable (%s): training goes on and what it logs is kept for the server; "
             "what cannot go on without it (opening or closing a run, artifacts) waits up to %.0f s (%s)",
-            tracking_uri(),
+            shown_uri(),
             _reason(err),
             wait_limit(),
             WAIT_ENV,
@@ -129,10 +127,10 @@ class _Health:
                 return
             gone = time.monotonic() - self.down_since
             self.down_since = None
-        from imgclf.tracking.store import tracking_uri
+        from imgclf.tracking.store import shown_uri
 
         sending = f": sending the {kept} records kept meanwhile" if kept else ""
-        log.warning("tracking server %s is back after %.0f s%s", tracking_uri(), gone, sending)
+        log.warning("tracking server %s is back after %.0f s%s", shown_uri(), gone, sending)
 
     def watch(self, uri: str) -> None:
         """Watch the store at ``uri``; forget what was known of another one (a process may
@@ -151,10 +149,10 @@ health = _Health()
 
 def unreachable(what: str, reason: str = "no answer") -> TrackingUnreachable:
     """The one-line error for a server still unreachable after the wait, while doing ``what``."""
-    from imgclf.tracking.store import tracking_uri
+    from imgclf.tracking.store import shown_uri
 
     return TrackingUnreachable(
-        f"tracking server {tracking_uri()} unreachable for {wait_limit():.0f} s ({reason}) while {what}: "
+        f"tracking server {shown_uri()} unreachable for {wait_limit():.0f} s ({reason}) while {what}: "
         f"check MLFLOW_TRACKING_URI and run the stage again once the server answers (a finished training "
         f"is then recorded, not retrained; {WAIT_ENV} sets how long to wait)"
     )
@@ -232,10 +230,18 @@ class Outbox:
                 self._thread.start()
             self._cond.notify_all()
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything queued is sent (True), or ``timeout`` seconds pass (False)."""
+    def flush(self, limit: float | None = None) -> bool:
+        """Wait until everything queued is sent (True). While the server answers this waits as
+        long as sending takes; it gives up (False) once the server has been unreachable for
+        ``limit`` seconds (counted from the later of its going and this call)."""
+        start = time.monotonic()
         with self._cond:
-            return self._cond.wait_for(lambda: not self._items and not self._sending, timeout)
+            while self._items or self._sending:
+                down = health.down_since
+                if limit is not None and down is not None and time.monotonic() - max(down, start) >= limit:
+                    return False
+                self._cond.wait(0.2)
+            return True
 
     def pending(self) -> int:
         """How many records are waiting to be sent."""

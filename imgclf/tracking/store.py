@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +36,17 @@ def default_store() -> Path:
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` when set, else a SQLite file at the (main) project root."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_store()}"
+
+
+def shown_uri(uri: str | None = None) -> str:
+    """The tracking URI (by default the one in use) fit to print: without a user or password
+    written into it (``http://user:secret@host`` shows as ``http://host``)."""
+    uri = uri or tracking_uri()
+    parts = urllib.parse.urlsplit(uri)
+    if not (parts.username or parts.password):
+        return uri
+    host = parts.hostname or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
 def _is_default_store(uri: str) -> bool:
@@ -85,9 +98,10 @@ def setup(experiment: str) -> str:
     except Exception as err:  # connection errors come in many types
         refused = _credentials(err)
         if refused:
-            raise PipelineError(f"tracking server {uri} {refused}") from None
+            raise PipelineError(f"tracking server {shown_uri(uri)} {refused}") from None
         raise PipelineError(
-            f"cannot use MLflow tracking store {uri}: {_reason(err)} (fix MLFLOW_TRACKING_URI or start the server)"
+            f"cannot use MLflow tracking store {shown_uri(uri)}: {_reason(err)} "
+            "(fix MLFLOW_TRACKING_URI or start the server)"
         ) from None
     return exp_id
 
@@ -108,15 +122,19 @@ def _credentials(err: Exception) -> str | None:
     """What to do when the server refused who we are (HTTP 401 or 403), or None. The
     credentials themselves are never shown."""
     text = str(err)
-    if "401" not in text and "403" not in text and "PERMISSION_DENIED" not in text and "UNAUTHENTICATED" not in text:
+    code = re.search(r"error code (40[13])\b", text)
+    if not code:
         return None
-    if "403" in text or "PERMISSION_DENIED" in text:
+    if code.group(1) == "403":
         user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
         return (
             f"denies user {user!r} access to the experiment: ask the server's admin for a permission, "
             "or set MLFLOW_TRACKING_USERNAME to another account"
         )
     missing = [v for v in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD") if not os.environ.get(v)]
+    stored = Path("~/.mlflow/credentials").expanduser()  # MLflow's own file, read when the variables are unset
+    if missing and stored.exists():
+        return f"refused the login in {stored}: correct it, or set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
     if missing:
         return f"needs a login: set {' and '.join(missing)} (an account on the server)"
     return (
