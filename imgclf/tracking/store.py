@@ -134,7 +134,7 @@ def _credentials(err: Exception) -> str | None:
     missing = [v for v in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD") if not os.environ.get(v)]
     stored = Path("~/.mlflow/credentials").expanduser()  # MLflow's own file, read when the variables are unset
     if missing and stored.exists():
-        return f"refused the login in {stored}: correct it, or set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        return f"refused the login in {stored}: correct it, or set MLFLOW_TRACKING_USERNAME and _PASSWORD"
     if missing:
         return f"needs a login: set {' and '.join(missing)} (an account on the server)"
     return (
