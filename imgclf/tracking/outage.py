@@ -179,7 +179,7 @@ def patiently(what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T
             time.sleep(min(pause, deadline - now))
             pause = min(pause * 2, LONGEST_PAUSE)
         else:
-            health.up()
+            health.up(kept=_OUTBOX.pending())
             return result
 
 
