@@ -78,12 +78,10 @@ def test_the_right_login_records_the_stage_and_shows_no_password(locked_server: 
     proc = _augment(project, locked_server, MLFLOW_TRACKING_USERNAME=USER, MLFLOW_TRACKING_PASSWORD=PASSWORD)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert PASSWORD not in proc.stdout + proc.stderr
-    exp = _call(
-        locked_server, "experiments/get-by-name?experiment_name=image-classification", None, USER, PASSWORD
-    )["experiment"]
-    found = _call(
-        locked_server, "runs/search", {"experiment_ids": [exp["experiment_id"]]}, USER, PASSWORD
-    )["runs"]
+    by_name = "experiments/get-by-name?experiment_name=image-classification"
+    exp = _call(locked_server, by_name, None, USER, PASSWORD)["experiment"]
+    search = {"experiment_ids": [exp["experiment_id"]]}
+    found = _call(locked_server, "runs/search", search, USER, PASSWORD)["runs"]
     (augment,) = [r for r in found if r["info"]["run_name"] == "augment"]
     assert augment["info"]["status"] == "FINISHED"
     assert PASSWORD not in json.dumps(augment)  # not in a param, tag or anything else of the run

@@ -367,3 +367,14 @@ def test_the_champion_alias_moves_only_to_a_better_version(mlflow_store: str):
     # A model that was never registered is said so.
     promoted, why = promote("clf", "test_accuracy", 0.0, {"test_accuracy": 1.0}, "no-such-run", exp_id)
     assert not promoted and "mlflow.register: false" in why
+
+
+def test_a_refused_param_loses_only_itself_not_the_metrics_sent_with_it(mlflow_store, caplog):
+    with caplog.at_level(logging.WARNING, logger="imgclf.tracking"), tracking.recorder("train", P) as rec:
+        rec.log_params({"found.width": 1})
+        outage.outbox().flush()
+        rec.log_params({"found.width": 2})  # a logged param cannot change: MLflow refuses it
+        rec.log_epoch(1, {"epoch": 1, "loss": 0.5})
+    run = mlflow.MlflowClient().get_run(rec.run_id)
+    assert run.data.params["found.width"] == "1" and run.data.metrics["loss"] == 0.5
+    assert "MLflow refused 1 params" in caplog.text

@@ -282,8 +282,7 @@ class Outbox:
                         time.sleep(pause)
                         pause = min(pause * 2, LONGEST_PAUSE)
                         continue
-                    n = len(metrics) + len(params) + len(tags)
-                    log.warning("MLflow refused %d records of run %s: %s", n, run_id, err)
+                    self._send_apart(client, run_id, metrics, params, tags, err)
                 else:
                     if health.is_down:
                         health.up(kept=len(metrics) + len(params) + len(tags) + self.pending())
@@ -291,6 +290,22 @@ class Outbox:
             with self._cond:
                 self._sending = False
                 self._cond.notify_all()
+
+    @staticmethod
+    def _send_apart(client, run_id: str, metrics: list, params: list, tags: list, err: Exception) -> None:
+        """A batch MLflow refused (not an outage, e.g. a param that may not change): send its
+        metrics, params and tags apart, so one refused part loses only itself."""
+        parts = [("metrics", metrics), ("params", params), ("tags", tags)]
+        if sum(1 for _, part in parts if part) > 1:
+            for kind, part in parts:
+                if not part:
+                    continue
+                try:
+                    client.log_batch(run_id, **{kind: part})
+                except Exception as why:  # an outage here loses the part: rare, and said
+                    log.warning("MLflow refused %d %s of run %s: %s", len(part), kind, run_id, why)
+            return
+        log.warning("MLflow refused %d records of run %s: %s", len(metrics) + len(params) + len(tags), run_id, err)
 
 
 _OUTBOX = Outbox()
