@@ -40,6 +40,7 @@ def augment(p: Params, src: dataset.Source, imap=map) -> StageResult:
     started = time.perf_counter()
     sizes, y, skipped = prepare(p, src, paths.PREPARED_DIR, imap=imap, progress=sys.stderr.isatty())
     per_class = {label: int((y == k).sum()) for k, label in enumerate(src.labels)}
+    dataset.check_balance(per_class)
     report = {
         "classes": len(src.labels),
         "images": int(len(y)),

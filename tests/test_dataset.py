@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -113,3 +114,14 @@ def test_more_images_scale(tmp_path: Path):
     root = make_class_folders(tmp_path / "jpgs", per_class=5, size=40, fmt="jpg")
     decoded = dataset.decode(dataset.scan(root), 16, tmp_path)
     assert decoded.originals(np.arange(15)).shape == (15, 16, 16, 3)
+
+
+def test_uneven_classes_are_reported_and_warned_over_three_to_one(caplog):
+    from imgclf.data.dataset import check_balance
+
+    with caplog.at_level(logging.INFO, logger="imgclf.data.dataset"):
+        assert not check_balance({"cat": 30, "dog": 10})  # 3x: said, not warned
+        assert check_balance({"cat": 50, "dog": 10, "fish": 20})
+    assert "images per class: cat 30, dog 10" in caplog.text
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith("uneven classes: cat has 50 images, 5.0x the 10 of dog") and "class_weight" in warning

@@ -75,3 +75,42 @@ def test_the_rate_of_each_epoch_is_in_its_history():
     p = _params(epochs=3, learning_rate=0.01, lr_schedule="cosine")
     rates = [row["learning_rate"] for row in train(p, _data()).history]
     assert rates == pytest.approx([0.01, 0.0075, 0.0025])
+
+
+def test_balanced_class_weights_make_every_class_weigh_the_same():
+    from imgclf.training.fit import class_weights
+
+    y = np.array([0] * 30 + [1] * 10, dtype=np.uint8)  # class 2 has no training image
+    weights = class_weights(_params(class_weight="balanced").train, y, 3)
+    assert weights == pytest.approx({0: 40 / (2 * 30), 1: 40 / (2 * 10), 2: 1.0})
+    assert weights[0] * 30 == pytest.approx(weights[1] * 10)
+    assert class_weights(_params().train, y, 3) is None
+
+
+def test_balanced_training_on_uneven_classes_weighs_the_small_class_up():
+    x, y = colour_arrays(n=48)
+    keep = np.concatenate([np.flatnonzero(y == 0), np.flatnonzero(y == 1)[:4], np.flatnonzero(y == 2)[:4]])
+    data = as_prepared(x[keep], y[keep], x[36:], y[36:])
+    plain = train(_params(epochs=1), data).history[0]["loss"]
+    balanced = train(_params(epochs=1, class_weight="balanced"), data).history[0]["loss"]
+    assert balanced != pytest.approx(plain, rel=1e-3)  # the loss is the weighted one
+
+
+def test_the_multi_worker_step_weighs_each_example_by_its_class():
+    import tensorflow as tf
+
+    from imgclf.training.fit import prepare_model
+    from imgclf.training.multi_worker import _step_functions
+
+    x, y = colour_arrays(n=48)
+    p = _params(dropout_conv=0.0, dropout_dense=0.0)  # the same forward pass twice
+    strategy, _, model = prepare_model(p, as_prepared(x, y, x, y))
+    start = model.get_weights()
+    batch = tf.data.Dataset.from_tensors((x[:8], y[:8])).repeat()
+    flag = tf.constant([0.0])
+    sums = {}
+    for name, weights in (("plain", None), ("double", {0: 2.0, 1: 2.0, 2: 2.0})):
+        model.set_weights(start)
+        train_step, _, _ = _step_functions(model, strategy, 8, weights)
+        sums[name] = float(train_step(iter(batch), flag).numpy()[0])
+    assert sums["double"] == pytest.approx(2 * sums["plain"], rel=1e-5)

@@ -108,6 +108,7 @@ class TrainParams(_Section):
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     deterministic: bool = True
     lr_schedule: Literal["constant", "cosine", "plateau"] = "constant"
+    class_weight: Literal["none", "balanced"] = "none"
     early_stopping: EarlyStoppingParams = Field(default_factory=EarlyStoppingParams)
     resume: bool = Field(True, description="continue an interrupted training from its last checkpoint")
 

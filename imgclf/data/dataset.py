@@ -224,3 +224,27 @@ def skipped_csv(skipped: list[tuple[Path, str]]) -> str:
     writer.writerow(["file", "reason"])
     writer.writerows((str(path), reason) for path, reason in skipped)
     return buf.getvalue()
+
+
+# Largest class over smallest above which augment warns: the large class dominates the loss.
+IMBALANCE = 3.0
+
+
+def check_balance(per_class: dict[str, int]) -> bool:
+    """Log the images per class; warn when the largest class has over :data:`IMBALANCE` times
+    the images of the smallest. Returns whether it warned."""
+    log.info("images per class: %s", ", ".join(f"{k} {v}" for k, v in per_class.items()))
+    large, small = max(per_class, key=per_class.get), min(per_class, key=per_class.get)
+    ratio = per_class[large] / max(per_class[small], 1)
+    if ratio <= IMBALANCE:
+        return False
+    log.warning(
+        "uneven classes: %s has %d images, %.1fx the %d of %s, and dominates the loss; train.class_weight: "
+        "balanced weighs the classes evenly (reports/per_class.csv shows each class's figures)",
+        large,
+        per_class[large],
+        ratio,
+        per_class[small],
+        small,
+    )
+    return True

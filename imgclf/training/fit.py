@@ -287,6 +287,7 @@ def _fit_keras(model, data: Prepared, p: TrainParams, seed: int, session: Sessio
     x, y = data.x["train"], data.y["train"]
     val_ds = validation_batches(data, p.batch_size)
     hooks = _session_hooks(model, session)
+    weights = class_weights(p, y, len(data.labels))
 
     # A resume mid-epoch first finishes that epoch's remaining steps, then runs whole epochs.
     at = session.state
@@ -300,6 +301,7 @@ def _fit_keras(model, data: Prepared, p: TrainParams, seed: int, session: Sessio
             steps_per_epoch=session.steps - at.step,
             verbose=0,
             shuffle=False,  # the batches come in epoch_order already
+            class_weight=weights,
             callbacks=[hooks(at.step)],
         )
     if at.stopped or at.epoch >= p.epochs:
@@ -312,8 +314,23 @@ def _fit_keras(model, data: Prepared, p: TrainParams, seed: int, session: Sessio
         steps_per_epoch=session.steps,
         verbose=0,
         shuffle=False,
+        class_weight=weights,
         callbacks=[hooks(0)],
     )
+
+
+def class_weights(p: TrainParams, y, classes: int) -> dict[int, float] | None:
+    """Each class's loss weight under ``train.class_weight: balanced`` (scikit-learn's rule:
+    images / (classes * the class's images), so every class weighs the same in total), or None."""
+    if p.class_weight == "none":
+        return None
+    import numpy as np
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(y)
+    weights = dict.fromkeys(range(classes), 1.0)
+    weights.update(zip(present.tolist(), compute_class_weight("balanced", classes=present, y=y).tolist()))
+    return weights
 
 
 def prepare_model(p: Params, data: Prepared):

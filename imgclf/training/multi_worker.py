@@ -46,7 +46,10 @@ def fit_multi_worker(model, strategy, data, p: TrainParams, seed: int, session) 
     done = at.epoch * steps + at.step
     _check_same_position(strategy, done)
     batches = iter(_sharded_batches(strategy, x_train, y_train, global_batch, seed, done))
-    train_step, val_step, agree = _step_functions(model, strategy, global_batch)
+    from imgclf.training.fit import class_weights
+
+    weights = class_weights(p, y_train, len(data.labels))
+    train_step, val_step, agree = _step_functions(model, strategy, global_batch, weights)
     val_ds = validation_batches(data, global_batch)
     while at.epoch < p.epochs and not at.stopped:
         epoch = at.epoch + 1
@@ -111,13 +114,14 @@ def _sharded_batches(strategy, x: np.ndarray, y: np.ndarray, global_batch: int, 
     return strategy.distribute_datasets_from_function(one_pipeline)
 
 
-def _step_functions(model, strategy, global_batch: int):
+def _step_functions(model, strategy, global_batch: int, weights: dict[int, float] | None = None):
     """``train_step(iterator, flag)``, ``val_step(images, labels)`` and ``agree(flag)``.
 
     The first two return the summed [loss, correct, examples] of their batch over all replicas
     (see :func:`_sums`); ``train_step`` appends the sum of every replica's ``flag`` (a vector
     of one, see :func:`_flags`), and ``agree`` returns only such sums: how many replicas raised
-    each flag.
+    each flag. ``weights`` (class id: weight) weigh each example's training loss, as Keras's
+    ``class_weight`` does.
     """
     import keras
     import tensorflow as tf
@@ -127,11 +131,14 @@ def _step_functions(model, strategy, global_batch: int):
     variables = model.trainable_variables
     with strategy.scope():
         optimizer.build(variables)
+    by_class = tf.constant([weights[k] for k in sorted(weights)], tf.float32) if weights else None
 
     def replica_step(images, labels, flag):
         with tf.GradientTape() as tape:
             probs = model(images, training=True)
             per_example = loss_fn(labels, probs)
+            if by_class is not None:
+                per_example = per_example * tf.gather(by_class, tf.cast(labels, tf.int32))
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
             scaled = optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
