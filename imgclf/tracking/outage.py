@@ -45,12 +45,9 @@ _UNREACHABLE = (
     "RemoteDisconnected",
     "Max retries exceeded",
     "timed out",
-    "Read timed out",
 )
 # A gateway in front of the server that cannot reach it (urllib3's words after its retries, MLflow's).
 _GATEWAY = re.compile(r"too many 50[234] error responses|error code 50[234]\b")
-# MLflow caps one log_batch call at these.
-MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
 
 
 class TrackingUnreachable(PipelineError):
@@ -81,19 +78,37 @@ def is_outage(err: BaseException) -> bool:
     return "API request to" in text and (any(needle in text for needle in _UNREACHABLE) or bool(_GATEWAY.search(text)))
 
 
-def _reason(err: BaseException) -> str:
+def reason(err: BaseException) -> str:
+    """A short cause for a failure to use the tracking store, without the retry machinery's
+    wall of text."""
     text = str(err)
-    for needle, reason in (
+    for needle, short in (
         ("Connection refused", "connection refused"),
-        ("timed out", "timed out"),
         ("Connection reset", "connection reset"),
         ("Connection aborted", "connection aborted"),
         ("RemoteDisconnected", "connection closed"),
+        ("unsupported URI", "unsupported URI scheme"),
+        ("Name or service not known", "unknown host"),
+        ("Failed to resolve", "unknown host"),
+        ("timed out", "timed out"),
     ):
         if needle in text:
-            return reason
+            return short
     gateway = _GATEWAY.search(text)
-    return f"HTTP {gateway.group(0)[-3:]}" if gateway else "no answer"
+    if gateway:
+        return f"HTTP {gateway.group(0)[-3:]}"
+    if "Max retries exceeded" in text:
+        return "no answer"
+    first = text.splitlines()[0] if text else type(err).__name__
+    return first if len(first) <= 200 else first[:200] + "..."
+
+
+def _pauses():
+    """Seconds to wait between tries: from :data:`FIRST_PAUSE`, doubling up to :data:`LONGEST_PAUSE`."""
+    pause = FIRST_PAUSE
+    while True:
+        yield pause
+        pause = min(pause * 2, LONGEST_PAUSE)
 
 
 class _Health:
@@ -115,7 +130,7 @@ class _Health:
             "tracking server %s unreachable (%s): training goes on and what it logs is kept for the server; "
             "what cannot go on without it (opening or closing a run, artifacts) waits up to %.0f s (%s)",
             shown_uri(),
-            _reason(err),
+            reason(err),
             wait_limit(),
             WAIT_ENV,
         )
@@ -164,7 +179,7 @@ def patiently(what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T
     naming ``what`` (e.g. "logging the model")."""
     limit = wait_limit()
     deadline = None
-    pause = FIRST_PAUSE
+    pauses = _pauses()
     while True:
         try:
             result = call(*args, **kwargs)
@@ -175,11 +190,11 @@ def patiently(what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T
             now = time.monotonic()
             deadline = deadline or now + limit
             if now >= deadline:
-                raise unreachable(what, _reason(err)) from None
-            time.sleep(min(pause, deadline - now))
-            pause = min(pause * 2, LONGEST_PAUSE)
+                raise unreachable(what, reason(err)) from None
+            time.sleep(min(next(pauses), deadline - now))
         else:
-            health.up(kept=_OUTBOX.pending())
+            if health.is_down:
+                health.up(kept=_OUTBOX.pending())
             return result
 
 
@@ -217,6 +232,25 @@ class Outbox:
         self._sending = False
         self._thread: threading.Thread | None = None
 
+    def log(
+        self,
+        run_id: str,
+        metrics: dict[str, float] | None = None,
+        step: int = 0,
+        params: dict[str, Any] | None = None,
+        tags: dict[str, Any] | None = None,
+    ) -> None:
+        """Queue ``metrics`` (at ``step``, stamped now), ``params`` and ``tags`` of ``run_id``."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        self.put(
+            run_id,
+            metrics=[Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
+            params=[Param(k, str(v)) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+
     def put(self, run_id: str, metrics: Iterable = (), params: Iterable = (), tags: Iterable = ()) -> None:
         """Queue MLflow ``Metric``, ``Param`` and ``RunTag`` entries of ``run_id``."""
         import mlflow
@@ -243,6 +277,12 @@ class Outbox:
                 self._cond.wait(0.2)
             return True
 
+    def drain(self, what: str) -> None:
+        """:meth:`flush` with the wait of :func:`wait_limit`, or :class:`TrackingUnreachable`
+        (``what``: what was being sent, e.g. "the epochs of trial run <id>")."""
+        if not self.flush(wait_limit()):
+            raise unreachable(f"sending {what} ({self.pending()} records)")
+
     def pending(self) -> int:
         """How many records are waiting to be sent."""
         with self._cond:
@@ -250,6 +290,8 @@ class Outbox:
 
     def _take(self) -> tuple[tuple[str, str], list, list, list]:
         """The next batch: queued items of one run, in order, within MLflow's batch limits."""
+        from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+
         with self._cond:
             self._cond.wait_for(lambda: self._items)
             self._sending = True
@@ -257,9 +299,9 @@ class Outbox:
             while self._items and self._items[0][0] == run_id:
                 _, m, p, t = self._items[0]
                 if (
-                    len(metrics) + len(m) > MAX_METRICS
-                    or len(params) + len(p) > MAX_PARAMS
-                    or len(tags) + len(t) > MAX_TAGS
+                    len(metrics) + len(m) > MAX_METRICS_PER_BATCH
+                    or len(params) + len(p) > MAX_PARAMS_TAGS_PER_BATCH
+                    or len(tags) + len(t) > MAX_PARAMS_TAGS_PER_BATCH
                 ):
                     break
                 self._items.popleft()
@@ -272,15 +314,14 @@ class Outbox:
         while True:
             (uri, run_id), metrics, params, tags = self._take()
             client = mlflow.MlflowClient(uri)
-            pause = FIRST_PAUSE
+            pauses = _pauses()
             while True:
                 try:
                     client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
                 except Exception as err:
                     if is_outage(err):
                         health.down(err)
-                        time.sleep(pause)
-                        pause = min(pause * 2, LONGEST_PAUSE)
+                        time.sleep(next(pauses))
                         continue
                     self._send_apart(client, run_id, metrics, params, tags, err)
                 else:

@@ -74,15 +74,7 @@ class Recorder:
 
     def _send(self, metrics: dict[str, float] | None = None, step: int = 0, params=None, tags=None) -> None:
         """Queue records of this run in the outbox (sent in order; kept through an outage)."""
-        from mlflow.entities import Metric, Param, RunTag
-
-        now = int(time.time() * 1000)
-        outage.outbox().put(
-            self.run_id,
-            metrics=[Metric(k, v, now, step) for k, v in _metrics(metrics or {}).items()],
-            params=[Param(k, str(v)) for k, v in (params or {}).items()],
-            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
-        )
+        outage.outbox().log(self.run_id, _metrics(metrics or {}), step, params, tags)
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Params the stage found out as it went (e.g. the model's size)."""

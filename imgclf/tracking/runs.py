@@ -190,10 +190,9 @@ def _end_run(status: str) -> None:
         with contextlib.suppress(Exception):
             mlflow.end_run(status)
         return
-    if not box.flush(outage.wait_limit()):
-        # What is kept is lost with this process; a rerun logs a training's missing epochs again
-        # from its checkpoint (Recorder.log_history).
-        raise outage.unreachable(f"sending the last {box.pending()} records of the run")
+    # On failure what is kept is lost with this process; a rerun logs a training's missing
+    # epochs again from its checkpoint (Recorder.log_history).
+    box.drain("the last records of the run")
     outage.patiently("closing the run", mlflow.end_run, status)
 
 

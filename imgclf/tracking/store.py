@@ -100,7 +100,7 @@ def setup(experiment: str) -> str:
         if refused:
             raise PipelineError(f"tracking server {shown_uri(uri)} {refused}") from None
         raise PipelineError(
-            f"cannot use MLflow tracking store {shown_uri(uri)}: {_reason(err)} "
+            f"cannot use MLflow tracking store {shown_uri(uri)}: {outage.reason(err)} "
             "(fix MLFLOW_TRACKING_URI or start the server)"
         ) from None
     return exp_id
@@ -140,20 +140,3 @@ def _credentials(err: Exception) -> str | None:
     return (
         "refused the login in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD: set them to an account on the server"
     )
-
-
-def _reason(err: Exception) -> str:
-    """A short cause for a tracking failure, without the retry machinery's wall of text."""
-    text = str(err)
-    for needle, reason in (
-        ("Connection refused", "connection refused"),
-        ("unsupported URI", "unsupported URI scheme"),
-        ("Name or service not known", "unknown host"),
-        ("Failed to resolve", "unknown host"),
-        ("timed out", "timed out"),
-        ("Max retries exceeded", "no answer"),
-    ):
-        if needle in text:
-            return reason
-    first = text.splitlines()[0] if text else type(err).__name__
-    return first if len(first) <= 200 else first[:200] + "..."

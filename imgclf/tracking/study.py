@@ -79,11 +79,7 @@ def start_trial(study_run_id: str, number: int, params: dict[str, Any], worker: 
 
 def log_epoch(run_id: str, epoch: int, row: dict[str, float]) -> None:
     """A trial's epoch, queued in the outbox: the trial trains on through an outage."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, epoch) for k, v in row.items() if k != "epoch"]
-    outage.outbox().put(run_id, metrics=metrics)
+    outage.outbox().log(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
 
 
 def end_trial(run_id: str, state: str, metrics: dict[str, float] | None = None, status: str | None = None) -> None:
@@ -92,8 +88,7 @@ def end_trial(run_id: str, state: str, metrics: dict[str, float] | None = None, 
     from mlflow.entities import Metric
 
     client = _client()
-    if not outage.outbox().flush(outage.wait_limit()):
-        raise outage.unreachable(f"sending the epochs of trial run {run_id}")
+    outage.outbox().drain(f"the epochs of trial run {run_id}")
     if metrics:
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
@@ -103,20 +98,12 @@ def end_trial(run_id: str, state: str, metrics: dict[str, float] | None = None, 
 
 def update_study(run_id: str, metrics: dict[str, float], tags: dict[str, str], step: int) -> None:
     """The study run's running figures (logged at ``step``, the number of finished trials)."""
-    from mlflow.entities import Metric, RunTag
-
-    now = int(time.time() * 1000)
-    outage.outbox().put(
-        run_id,
-        metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
-        tags=[RunTag(k, str(v)) for k, v in tags.items()],
-    )
+    outage.outbox().log(run_id, metrics, step, tags=tags)
 
 
 def finish_study(run_id: str, artifacts: list[Path], status: str = "FINISHED") -> None:
     client = _client()
-    if not outage.outbox().flush(outage.wait_limit()):
-        raise outage.unreachable("sending the study's figures")
+    outage.outbox().drain("the study's figures")
     for path in artifacts:
         client.log_artifact(run_id, str(path), "tune")
     client.set_terminated(run_id, status)

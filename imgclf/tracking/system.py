@@ -107,17 +107,13 @@ class Sampler:
             monitor.collect_metrics()
 
     def _publish(self) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
         points = {}
         for monitor in self.monitors:
             if monitor.metrics:
                 points.update(monitor.aggregate_metrics())
             monitor.clear_metrics()
         if points:
-            metrics = [Metric(f"{PREFIX}{k}", float(v), now, self.step) for k, v in points.items()]
-            self.outbox.put(self.run_id, metrics=metrics)
+            self.outbox.log(self.run_id, {f"{PREFIX}{k}": v for k, v in points.items()}, self.step)
             self.step += 1
 
     def _sample(self) -> None:

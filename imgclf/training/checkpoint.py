@@ -182,17 +182,13 @@ class CheckpointWriter:
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
         (folder / f".{STATE_FILE}.tmp").unlink(missing_ok=True)
         size = sum(f.stat().st_size for f in folder.glob(f"{committed}.*")) if committed else 0
-        need = size or sum(int(v.numpy().nbytes) for v in self.checkpoint_variables())
+        need = size or sum(int(v.numpy().nbytes) for group in self._variables.values() for v in group)
         free = shutil.disk_usage(folder).free
         resume = f"it resumes from epoch {self.store.state['epoch']}" if committed else "it starts again"
         return PipelineError(
             f"no space left for a checkpoint in {folder}: one takes about {_size(need)}, {_size(free)} are free; "
             f"free some space (or set {ENV_DIR} to a bigger disk) and run the stage again: {resume}"
         )
-
-    def checkpoint_variables(self) -> list:
-        """Every variable the checkpoint holds (its size when no checkpoint was written yet)."""
-        return [v for group in self._variables.values() for v in group]
 
 
 def open_checkpoints(
