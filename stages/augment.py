@@ -1,7 +1,8 @@
 """Stage ``augment``: class folders -> split, augmented uint8 arrays in ``data/prepared``.
 
 Splits per original image (stratified, seeded) before augmenting the training part only, so
-copies of one photo never land on both sides of the split.
+copies of one photo never land on both sides of the split; copies already in the folder are
+found and grouped first (:mod:`imgclf.data.duplicates`, ``reports/duplicates.csv``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def augment(p: Params, src: dataset.Source, imap=map) -> StageResult:
     """Decode, split, augment (over ``imap``, see :func:`~imgclf.data.pool.worker_pool`); write
     ``data/prepared`` and the reports; return what was made."""
     started = time.perf_counter()
-    sizes, y, skipped = prepare(p, src, paths.PREPARED_DIR, imap=imap, progress=sys.stderr.isatty())
+    sizes, y, skipped, groups, duplicates_csv = prepare(
+        p, src, paths.PREPARED_DIR, imap=imap, progress=sys.stderr.isatty()
+    )
     per_class = {label: int((y == k).sum()) for k, label in enumerate(src.labels)}
     dataset.check_balance(per_class)
     report = {
@@ -47,21 +50,28 @@ def augment(p: Params, src: dataset.Source, imap=map) -> StageResult:
         "images_per_class": per_class,
         "skipped_files": len(skipped),
         "ignored_files": len(src.ignored),
+        "duplicate_groups": len(groups.groups),
+        "duplicate_images": groups.images,
+        "duplicates_dropped": groups.copies if p.data.duplicates == "drop" else 0,
         **{f"{split}_images": n for split, n in sizes.items()},
     }
     write_text(paths.SKIPPED_REPORT, dataset.skipped_csv(skipped))
+    write_text(paths.DUPLICATES_REPORT, duplicates_csv)
     write_json(paths.AUGMENT_REPORT, report)
     seconds = time.perf_counter() - started
     return StageResult(
         # Counts describe the data (params, and per class the dataset's profile); speed is compared.
         metrics={
             "timing/augment_seconds": round(seconds, 3),
-            "timing/augment_images_per_second": round((len(y) + len(skipped)) / max(seconds, 1e-9), 1),
+            "timing/augment_images_per_second": round(
+                (len(y) + report["duplicates_dropped"] + len(skipped)) / max(seconds, 1e-9), 1
+            ),
         },
         facts={f"dataset.{k}": v for k, v in report.items() if not isinstance(v, dict)},
         fingerprints={"data": fingerprint(paths.PREPARED_DIR)},
         artifacts=[
             (paths.SKIPPED_REPORT, None),
+            (paths.DUPLICATES_REPORT, None),
             (paths.PREPARED_DIR / LABELS_FILE, None),
             (paths.AUGMENT_REPORT, None),
         ],

@@ -1,4 +1,4 @@
-"""Stage ``train``: fit the CNN on ``data/prepared`` and save it as ``models/model.h5``, with the
+"""Stage ``train``: fit the model on ``data/prepared`` and save it as ``models/model.h5``, with the
 MLflow run that trained it in ``models/model_run.json`` (evaluate's dep: every training that ran
 is closed by an evaluation, even one that reproduced the locked model bit for bit).
 
@@ -20,10 +20,12 @@ from imgclf.core.history import history_csv
 from imgclf.core.params import load
 from imgclf.core.prepared import LABELS_FILE, Prepared, fingerprint, load_prepared
 from imgclf.tracking.inputs import split_inputs
+from imgclf.tracking.models import fetch_model
 from imgclf.tracking.result import StageResult
 from imgclf.training.checkpoint import open_checkpoints
 from imgclf.training.distribute import is_chief
 from imgclf.training.fit import Trained, check_monitor, train
+from imgclf.training.origin import resolve
 
 log = logging.getLogger("train")
 
@@ -34,10 +36,12 @@ def run() -> None:
     check_monitor(p.train, data)
     chief = p.train.strategy != "multi_worker" or is_chief()
     discarded: list[tuple[str, str]] = []  # (run, why) of checkpoints removed: closed by the recorder
-    store = open_checkpoints(p, fingerprint(paths.PREPARED_DIR), writer=chief, discarded=discarded)
+    origin = resolve(p.train, fetch=fetch_model)
+    init = origin.key() if origin.pretrained else None
+    store = open_checkpoints(p, fingerprint(paths.PREPARED_DIR), writer=chief, discarded=discarded, init=init)
     try:
         if not chief:
-            trained = train(p, data, store)
+            trained = train(p, data, store, origin=origin)
             log.info("worker done after %d epochs; the chief writes the model and logs the run", len(trained.history))
             return
         inputs = split_inputs(paths.PREPARED_DIR, data, ("train", "val"), paths.resolve(p.data.source).name)
@@ -48,7 +52,7 @@ def run() -> None:
                 store.run_id = rec.run_id
                 if store.state:
                     rec.log_history(store.state["history"])
-            trained = train(p, data, store, on_start=rec.log_params, on_epoch=rec.log_epoch)
+            trained = train(p, data, store, on_start=rec.log_params, on_epoch=rec.log_epoch, origin=origin)
             rec.record(save(trained, data, rec.run_id))
         if store is not None:
             store.remove()

@@ -54,6 +54,31 @@ def make_image(colour: tuple[int, int, int], seed: int, size: int = 16) -> Image
     return Image.fromarray(arr, "RGB")
 
 
+def make_photo(seed: int, width: int = 96, height: int | None = None) -> Image.Image:
+    """A photo-like RGB image, different for every seed: colour noise smoothed at several scales
+    (as light, texture and background vary in a photo) under a few flat shapes (its objects)."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    height = height or width
+    field = np.zeros((height, width, 3), dtype=np.float32)
+    for cells, weight in ((3, 0.6), (6, 0.35), (12, 0.2), (24, 0.1)):
+        low = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8), "RGB")
+        field += (np.asarray(low.resize((width, height), Image.Resampling.BICUBIC), np.float32) - 128) * weight
+    img = Image.fromarray(np.clip(field + rng.integers(60, 196, 3), 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(3, 7))):
+        r = rng.uniform(0.06, 0.25) * min(width, height)
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        if rng.random() < 0.5:
+            draw.ellipse((cx - r, cy - r * rng.uniform(0.5, 1), cx + r, cy + r), fill=colour)
+        else:
+            corners = np.sort(rng.uniform(0, 2 * np.pi, int(rng.integers(3, 7))))
+            draw.polygon([(cx + r * np.cos(a), cy + r * np.sin(a)) for a in corners], fill=colour)
+    return img
+
+
 def colour_arrays(n: int = 48, size: int = 12) -> tuple[np.ndarray, np.ndarray]:
     """``n`` uint8 RGB images in 3 classes (a class is its brightest channel) and their labels."""
     rng = np.random.default_rng(0)

@@ -24,6 +24,7 @@ OUTPUTS = (
     "REPORTS",
     "AUGMENT_REPORT",
     "SKIPPED_REPORT",
+    "DUPLICATES_REPORT",
     "HISTORY",
     "TRAIN_REPORT",
     "METRICS",
@@ -85,6 +86,28 @@ def test_bad_files_are_skipped_reported_and_counted(workspace, capsys):
     (run,) = _runs("augment")
     assert run.data.params["dataset.skipped_files"] == "5" and run.data.params["dataset.images"] == "18"
     assert np.load(paths.PREPARED_DIR / "y_test.npy", allow_pickle=False).dtype == np.uint8
+
+
+def test_copies_of_one_image_are_grouped_reported_and_counted(workspace, capsys):
+    import shutil
+
+    import mlflow
+    from PIL import Image
+
+    blue = workspace.images / "blue"
+    with Image.open(blue / "00.png") as img:
+        img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(blue / "00-mirrored.png")
+    shutil.copy(blue / "01.png", blue / "01-again.png")
+    assert run_stage("augment", augment.run) == 0
+    line = "duplicates: 2 groups holding 4 images (2 copies); each group kept in one split (data.duplicates: group)"
+    assert line in capsys.readouterr().err
+    with open(paths.DUPLICATES_REPORT, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["file"] for r in rows} == {"blue/00.png", "blue/00-mirrored.png", "blue/01.png", "blue/01-again.png"}
+    assert len({(r["group"], r["split"]) for r in rows}) == 2  # each group in one split
+    (run,) = _runs("augment")
+    assert (run.data.params["dataset.duplicate_groups"], run.data.params["dataset.duplicate_images"]) == ("2", "4")
+    assert "duplicates.csv" in [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)]
 
 
 def test_fail_policy_stops_at_the_bad_file_and_writes_nothing(workspace, capsys):

@@ -132,3 +132,21 @@ def test_a_storage_password_is_never_shown():
         storage.shown("postgresql+psycopg://ann:s3cret@db:5432/optuna") == "postgresql+psycopg://ann:***@db:5432/optuna"
     )
     assert storage.shown("sqlite:////x/optuna.db") == "sqlite:////x/optuna.db"
+
+
+def test_a_space_over_models_sets_what_does_not_apply_to_a_trials_model_back():
+    from imgclf.core.params import check_space, parse
+    from imgclf.tuning.space import trial_params
+
+    space = {
+        "train.model": {"choices": ["cnn", "mobilenet_v3_small"]},
+        "train.init": {"choices": ["none", "imagenet"]},
+        "train.fine_tune.frozen_epochs": {"low": 0, "high": 3},
+        "train.dense_units": {"choices": [64, 128]},
+    }
+    p = parse({"train": {"conv_filters": [16, 32]}, "tune": {"space": space}})
+    check_space(p)  # each value fits some model
+    backbone = trial_params(p, {"train.model": "mobilenet_v3_small", "train.init": "imagenet", "train.dense_units": 64})
+    assert (backbone.train.conv_filters, backbone.train.dense_units, backbone.train.init) == ([32, 64], 512, "imagenet")
+    cnn = trial_params(p, {"train.model": "cnn", "train.init": "imagenet", "train.fine_tune.frozen_epochs": 3})
+    assert (cnn.train.conv_filters, cnn.train.init, cnn.train.fine_tune.frozen_epochs) == ([16, 32], "none", 2)

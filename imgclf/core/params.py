@@ -16,6 +16,14 @@ from imgclf import pipeline
 from imgclf.core.errors import PipelineError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+# train.model: the original script's CNN, or a keras.applications backbone with a new head
+# (imgclf/training/backbones.py holds what each needs).
+BACKBONES = ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_v2_b0", "resnet50_v2")
+MODELS = ("cnn", *BACKBONES)
+# The CNN's own params: a backbone model rejects a value other than the default.
+CNN_ONLY = ("conv_filters", "kernel_size", "dense_units", "dropout_conv")
+# Smallest image side a backbone takes (keras.applications' own limit).
+BACKBONE_MIN_SIZE = 32
 
 # Keys that shape no output: how a stage runs (worker processes, resume), where it records
 # (mlflow) and how `tune` searches. They live in settings.yaml beside params.yaml, which DVC does
@@ -50,6 +58,7 @@ class DataParams(_Section):
     test_size: float = Field(0.2, gt=0, lt=1)
     val_size: float = Field(0.2, ge=0, lt=1)
     on_bad_image: Literal["skip", "fail"] = "skip"
+    duplicates: Literal["group", "keep", "drop"] = "group"
 
     @field_validator("labels")
     @classmethod
@@ -92,9 +101,29 @@ class EarlyStoppingParams(_Section):
     min_delta: float = Field(0.0, ge=0, description="smallest change of the monitor that counts as better")
 
 
-class TrainParams(_Section):
-    """The CNN (the original script's architecture by default) and how it is fitted."""
+class FineTuneParams(_Section):
+    """Two phases for a backbone that starts from trained weights (``train.init`` not none):
+    the backbone frozen while the new head learns, then its top layers learning too, slower."""
 
+    frozen_epochs: int = Field(2, ge=0, description="epochs of the first phase: only the head learns")
+    unfreeze: int | str = Field("all", description="backbone layers, from the top, that learn afterwards")
+    lr_factor: float = Field(0.1, gt=0, le=1, description="the second phase's rate: train.learning_rate times this")
+
+    @field_validator("unfreeze")
+    @classmethod
+    def _not_negative(cls, v: int | str) -> int | str:
+        if (isinstance(v, int) and v < 0) or (isinstance(v, str) and v != "all"):
+            raise ValueError("is a count of layers (0 = the backbone stays frozen) or 'all'")
+        return v
+
+
+class TrainParams(_Section):
+    """The model (the original script's CNN by default, or a pretrained backbone) and how it is fitted."""
+
+    model: Literal[MODELS] = "cnn"  # type: ignore[valid-type]
+    init: str = Field("none", min_length=1, description="none | imagenet | a file | runs:/<id> | models:/<name>@<a>")
+    init_head: Literal["keep", "new"] = "keep"
+    fine_tune: FineTuneParams = Field(default_factory=FineTuneParams)
     conv_filters: list[int] = Field(default_factory=lambda: [32, 64])
     kernel_size: int = Field(3, ge=1, le=15)
     dense_units: int = Field(512, ge=1)
@@ -222,7 +251,37 @@ class Params(_Section):
         return self
 
     @model_validator(mode="after")
+    def _params_fit_the_model(self) -> Params:
+        t = self.train
+        if t.init == "none" and t.init_head != "keep":
+            raise ValueError("train.init_head applies when train.init names a model to start from; train.init is none")
+        if t.model == "cnn":
+            if t.fine_tune != FineTuneParams():
+                raise ValueError("train.fine_tune applies to the backbones only, not train.model cnn: remove it")
+            if t.init == "imagenet":
+                raise ValueError(
+                    "train.init imagenet: ImageNet weights exist for the backbones only; "
+                    "set train.model to one of " + ", ".join(BACKBONES)
+                )
+            return self
+        defaults = TrainParams()
+        changed = [k for k in CNN_ONLY if getattr(t, k) != getattr(defaults, k)]
+        if changed:
+            raise ValueError(
+                f"train.{changed[0]} applies to train.model cnn only, not {t.model}: "
+                "remove it or set it back to its default"
+            )
+        if self.data.image_size < BACKBONE_MIN_SIZE:
+            raise ValueError(
+                f"data.image_size {self.data.image_size} is too small for {t.model}: "
+                f"backbones take images of {BACKBONE_MIN_SIZE} px or more"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _image_fits_architecture(self) -> Params:
+        if self.train.model != "cnn":
+            return self
         size = feature_map_size(self.data.image_size, self.train.kernel_size, len(self.train.conv_filters))
         if size < 1:
             raise ValueError(
@@ -267,7 +326,7 @@ def check_space(p: Params, source: str = SETTINGS_FILE) -> None:
         values = entry.choices if entry.choices is not None else [entry.low, entry.high]
         for value in values:
             try:
-                with_value(p, key, value)
+                with_values(p, fit_to_model(p, {key: value}), key)
             except PipelineError as err:
                 reason = str(err).split(": ", 1)[-1]
                 raise PipelineError(f"{source}: tune.space.{key}: {value!r} is not a valid value ({reason})") from None
@@ -284,6 +343,22 @@ def with_values(p: Params, values: dict[str, Any], source: str = "params.yaml") 
             node = node[part]
         node[leaf] = value
     return parse(raw, source)
+
+
+def fit_to_model(p: Params, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (dotted params, e.g. a trial's) plus, for the ``train.model`` they give or ``p``
+    has, the params that do not apply to it set back to their defaults: a study may search the
+    model together with the CNN's params or the fine-tuning ones."""
+    model = values.get("train.model", p.train.model)
+    defaults = flatten({"train": TrainParams().model_dump()})
+    if model == "cnn":
+        unused = [k for k in defaults if k.startswith("train.fine_tune.")]
+        if values.get("train.init", p.train.init) == "imagenet":  # a backbone's weights, not the CNN's
+            unused.append("train.init")
+    else:
+        unused = [f"train.{k}" for k in CNN_ONLY]
+    current = flatten({"train": p.train.model_dump()})
+    return {**values, **{k: defaults[k] for k in unused if values.get(k, current[k]) != defaults[k]}}
 
 
 def with_value(p: Params, key: str, value: Any) -> Params:

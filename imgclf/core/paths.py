@@ -22,6 +22,7 @@ REPORTS = ROOT / "reports"
 
 AUGMENT_REPORT = REPORTS / "augment.json"
 SKIPPED_REPORT = REPORTS / "skipped.csv"
+DUPLICATES_REPORT = REPORTS / "duplicates.csv"  # groups of copies of one photo (imgclf.data.duplicates)
 HISTORY = REPORTS / "train_history.csv"
 TRAIN_REPORT = REPORTS / "train.json"
 METRICS = REPORTS / "metrics.json"

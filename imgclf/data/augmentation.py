@@ -8,6 +8,7 @@ number; validation and test images are written as decoded.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +19,10 @@ from PIL import Image
 
 from imgclf.core.fileio import atomic_dir, pwrite_all
 from imgclf.core.prepared import LABELS_FILE, SPLITS, write_labels, write_manifest
-from imgclf.data import dataset
+from imgclf.data import dataset, duplicates
 from imgclf.data.dataset import CHUNK, Decoded
+
+log = logging.getLogger(__name__)
 
 ROTATE_RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR}
 
@@ -162,11 +165,22 @@ def write_prepared(
     return sizes
 
 
-def prepare(p, src: dataset.Source, out_dir: Path, imap: Callable = map, progress: bool = False):
-    """Decode ``src``, split it and write the augmented arrays of ``p`` (a
-    :class:`~imgclf.core.params.Params`) into ``out_dir``; return (images per split, the originals'
-    labels, the skipped files). The augment stage and ``tune`` (for a trial's augment params)
-    both prepare data this way, so equal params give equal arrays."""
+class PrepareResult(NamedTuple):
+    """What :func:`prepare` made: images per split, the labels of the originals it split (the
+    copies that ``data.duplicates: drop`` removed left out), the skipped files, the groups of
+    copies and their report (CSV text)."""
+
+    sizes: dict[str, int]
+    y: np.ndarray
+    skipped: list[tuple[Path, str]]
+    groups: duplicates.Groups
+    duplicates_csv: str
+
+
+def prepare(p, src: dataset.Source, out_dir: Path, imap: Callable = map, progress: bool = False) -> PrepareResult:
+    """Decode ``src``, find copies of one photo, split it and write the augmented arrays of ``p`` (a
+    :class:`~imgclf.core.params.Params`) into ``out_dir``. The augment stage and ``tune`` (for a
+    trial's augment params) both prepare data this way, so equal params give equal arrays."""
     import tempfile
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +188,13 @@ def prepare(p, src: dataset.Source, out_dir: Path, imap: Callable = map, progres
         decoded = dataset.decode(
             src, p.data.image_size, Path(scratch), p.data.on_bad_image, imap=imap, progress=progress
         )
-        splits = dataset.split_indices(decoded.y, p.data.test_size, p.data.val_size, p.base.seed, src.labels)
+        groups = duplicates.find(decoded, imap=imap, progress=progress)
+        names = duplicates.relative_names([src.files[row] for row in decoded.rows], src.root)
+        duplicates.warn_mixed_classes(groups, names, decoded.y, src.labels)
+        splits = duplicates.split(
+            decoded.y, groups, p.data.duplicates, p.data.test_size, p.data.val_size, p.base.seed, src.labels
+        )
+        log.info(duplicates.summary(groups, p.data.duplicates))
         sizes = write_prepared(
             out_dir,
             decoded,
@@ -186,6 +206,8 @@ def prepare(p, src: dataset.Source, out_dir: Path, imap: Callable = map, progres
             progress=progress,
             resample=p.augment.resample,
         )
-        y, skipped = decoded.y, decoded.skipped
+        kept = np.sort(np.concatenate(list(splits.values())))
+        report = duplicates.report_csv(groups, names, decoded.y, src.labels, splits)
+        result = PrepareResult(sizes, decoded.y[kept], decoded.skipped, groups, report)
         del decoded  # unmap the scratch file before its folder goes
-    return sizes, y, skipped
+    return result

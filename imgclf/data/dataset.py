@@ -184,18 +184,41 @@ def label_dtype(n_classes: int) -> np.dtype:
 
 
 def split_indices(
-    y: np.ndarray, test_size: float, val_size: float, seed: int, labels: list[str]
+    y: np.ndarray,
+    test_size: float,
+    val_size: float,
+    seed: int,
+    labels: list[str],
+    group: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Stratified, seeded split of original-image indices into train / val / test.
 
-    ``val_size`` is a fraction of what is left after the test split.
+    ``val_size`` is a fraction of what is left after the test split. With ``group`` (per
+    position, the position of the first image of its group of copies: see
+    :mod:`imgclf.data.duplicates`) the first images are split the same way and every copy
+    follows its first into its split; without copies that is exactly the plain split.
     """
+    firsts = np.arange(len(y)) if group is None else np.flatnonzero(group == np.arange(len(y)))
+    if len(firsts) == len(y):
+        return _split(y, test_size, val_size, seed, labels, "images")
+    parts = _split(y[firsts], test_size, val_size, seed, labels, "distinct images (copies counted once)")
+    where = np.empty(len(y), dtype=np.int8)
+    for k, positions in enumerate(parts.values()):
+        where[firsts[positions]] = k
+    where = where[group]
+    return {name: np.flatnonzero(where == k) for k, name in enumerate(parts)}
+
+
+def _split(
+    y: np.ndarray, test_size: float, val_size: float, seed: int, labels: list[str], what: str
+) -> dict[str, np.ndarray]:
+    """:func:`split_indices` of every position of ``y``; ``what`` names them in errors."""
     counts = np.bincount(y, minlength=len(labels))
     need = 2 if val_size == 0 else 3
     small = {labels[k]: int(c) for k, c in enumerate(counts) if c < need}
     if small:
         raise PipelineError(
-            f"class(es) {small} have too few images for a stratified split (need at "
+            f"class(es) {small} have too few {what} for a stratified split (need at "
             f"least {need} each): add images or lower data.val_size to 0"
         )
     idx = np.arange(len(y))
@@ -207,7 +230,7 @@ def split_indices(
             train, val = rest, idx[:0]
     except ValueError as err:
         raise PipelineError(
-            f"cannot split {len(y)} images into {len(labels)} classes with "
+            f"cannot split {len(y)} {what} into {len(labels)} classes with "
             f"data.test_size={test_size}, data.val_size={val_size} ({err}); add "
             "images or raise the fractions"
         ) from None

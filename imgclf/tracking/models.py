@@ -102,3 +102,46 @@ def promote(
     client.set_registered_model_alias(name, CHAMPION, version)
     before = f" (was version {champion.version})" if champion is not None else ""
     return True, f"version {version} is the champion{before}: {metric} {value:.4f}"
+
+
+def fetch_model(uri: str):
+    """A model of this project named by ``uri`` (``runs:/<train run id>``, or a registered
+    version: ``models:/<name>@<alias>``, ``models:/<name>/<version>``) as local files: the
+    train run's ``model/model.h5`` and its labels (None when the run has no ``labels.json``).
+    For ``train.init`` (:mod:`imgclf.training.origin`)."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    from imgclf.core.errors import PipelineError
+    from imgclf.core.prepared import LABELS_FILE, read_labels
+    from imgclf.tracking.store import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    client = outage.client()
+    try:
+        if uri.startswith("runs:/"):
+            run_id = uri[len("runs:/") :].strip("/").split("/")[0]
+        else:
+            name, _, ref = uri[len("models:/") :].strip("/").replace("@", "/@", 1).partition("/")
+            version = (
+                client.get_model_version_by_alias(name, ref[1:])
+                if ref.startswith("@")
+                else client.get_model_version(name, ref)
+            )
+            run_id = version.run_id
+        folder = Path(tempfile.mkdtemp(prefix="imgclf-init-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        download = mlflow.artifacts.download_artifacts
+        outage.patiently("fetching train.init", download, run_id=run_id, artifact_path="model", dst_path=folder)
+    except Exception as err:  # MLflow raises many kinds for a bad URI or a missing artifact
+        if isinstance(err, PipelineError):
+            raise
+        raise PipelineError(f"train.init {uri}: cannot fetch the model ({outage.reason(err)})") from None
+    model, labels = folder / "model" / "model.h5", folder / "model" / LABELS_FILE
+    if not model.is_file():
+        raise PipelineError(f"train.init {uri}: run {run_id} holds no model/model.h5 (not a train run of this project)")
+    return model, read_labels(labels) if labels.is_file() else None

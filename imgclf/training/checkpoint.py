@@ -70,10 +70,12 @@ def code_digest(root: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def identity(p: Params, data_fingerprint: str) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed."""
+def identity(p: Params, data_fingerprint: str, init: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed; ``init``: the starting weights' origin
+    (:meth:`imgclf.training.origin.Origin.key`), when there are any."""
     params = p.shaping("train")
-    return {"params": params, "data": data_fingerprint, "code": code_digest()}
+    ident = {"params": params, "data": data_fingerprint, "code": code_digest()}
+    return {**ident, "init": init} if init else ident
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -85,6 +87,8 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             out.append(f"{key} {old_params.get(key)!r} -> {new_params.get(key)!r}")
     if old.get("data") != new.get("data"):
         out.append("the prepared data")
+    if old.get("init") != new.get("init"):
+        out.append("the starting weights (train.init)")
     if old.get("code") != new.get("code"):
         out.append("the code")
     return out or ["its format"]
@@ -192,7 +196,11 @@ class CheckpointWriter:
 
 
 def open_checkpoints(
-    p: Params, data_fingerprint: str, writer: bool = True, discarded: list[tuple[str, str]] | None = None
+    p: Params,
+    data_fingerprint: str,
+    writer: bool = True,
+    discarded: list[tuple[str, str]] | None = None,
+    init: dict[str, Any] | None = None,
 ) -> Checkpoints | None:
     """The checkpoint folder for ``p`` and the data, with the state to resume from if any.
 
@@ -202,7 +210,7 @@ def open_checkpoints(
     carried on, so the stage closes it.
     """
     root = checkpoints_root()
-    ident = identity(p, data_fingerprint)
+    ident = identity(p, data_fingerprint, init)
     key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     folder = root / f"train-{key}"
     if not p.train.resume:

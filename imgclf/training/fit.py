@@ -31,8 +31,10 @@ from imgclf.console.progress import EpochProgress
 from imgclf.core.errors import PipelineError
 from imgclf.core.params import Params, TrainParams
 from imgclf.core.prepared import Prepared
+from imgclf.training.backbones import FineTuning
 from imgclf.training.checkpoint import Checkpoints, CheckpointWriter
 from imgclf.training.monitor import Monitor, MonitorState
+from imgclf.training.origin import Origin, copy_from, resolve
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +118,10 @@ class Session:
         images_per_epoch: int,
         store: Checkpoints | None = None,
         on_epoch: EpochCallback | None = None,
+        tuning: FineTuning | None = None,
     ):
         self.model, self.p, self.on_epoch = model, p, on_epoch
+        self.tuning = tuning or FineTuning(p, pretrained=False)
         self.images_per_epoch = images_per_epoch
         self.steps = max(1, math.ceil(images_per_epoch / p.batch_size))
         self.monitor = Monitor(p)
@@ -126,6 +130,7 @@ class Session:
         self.rate = p.learning_rate
         self.progress = EpochProgress(p.epochs, self.steps, p.batch_size, images_per_epoch)
         self._clock = time.perf_counter()
+        self.tuning.widen(model)
         model.optimizer.build(model.trainable_variables)
         self.best = BestWeights(model)
         self.writer = CheckpointWriter(
@@ -143,7 +148,7 @@ class Session:
 
     def begin_epoch(self, epoch: int) -> None:
         """Set the epoch's learning rate and start its progress display."""
-        self.rate = self.monitor.learning_rate(epoch, self.state.monitor)
+        self.rate = self.monitor.learning_rate(epoch, self.state.monitor) * self.tuning.rate(epoch)
         self.model.optimizer.learning_rate.assign(self.rate)
         self.progress.start(epoch, self.state.step)
 
@@ -282,41 +287,32 @@ def _session_hooks(model, session: Session):
 
 
 def _fit_keras(model, data: Prepared, p: TrainParams, seed: int, session: Session) -> None:
+    """``model.fit`` from where ``session`` stands: one call per fine-tuning phase (each compiled
+    for the layers that learn in it), after a resumed epoch's remaining steps in a call of their own."""
     from imgclf.training.streaming import training_batches, validation_batches
 
     x, y = data.x["train"], data.y["train"]
     val_ds = validation_batches(data, p.batch_size)
     hooks = _session_hooks(model, session)
     weights = class_weights(p, y, len(data.labels))
-
-    # A resume mid-epoch first finishes that epoch's remaining steps, then runs whole epochs.
     at = session.state
-    if at.step:
-        epoch = at.epoch + 1
+    while not at.stopped and at.epoch < p.epochs:
+        epoch, skip = at.epoch + 1, at.step
+        session.tuning.enter(model, epoch)
+        last = epoch if skip else session.tuning.at(epoch).last
         model.fit(
-            training_batches(x, y, p.batch_size, seed, epoch, epoch, skip=at.step),
+            training_batches(x, y, p.batch_size, seed, epoch, last, skip=skip),
             validation_data=val_ds,
             initial_epoch=epoch - 1,
-            epochs=epoch,
-            steps_per_epoch=session.steps - at.step,
+            epochs=last,
+            steps_per_epoch=session.steps - skip,
             verbose=0,
             shuffle=False,  # the batches come in epoch_order already
             class_weight=weights,
-            callbacks=[hooks(at.step)],
+            callbacks=[hooks(skip)],
         )
-    if at.stopped or at.epoch >= p.epochs:
-        return
-    model.fit(
-        training_batches(x, y, p.batch_size, seed, at.epoch + 1, p.epochs),
-        validation_data=val_ds,
-        initial_epoch=at.epoch,
-        epochs=p.epochs,
-        steps_per_epoch=session.steps,
-        verbose=0,
-        shuffle=False,
-        class_weight=weights,
-        callbacks=[hooks(0)],
-    )
+        if at.epoch < epoch:  # nothing ran: never loop on it
+            raise RuntimeError(f"model.fit ran no epoch from epoch {epoch}")
 
 
 def class_weights(p: TrainParams, y, classes: int) -> dict[int, float] | None:
@@ -333,8 +329,9 @@ def class_weights(p: TrainParams, y, classes: int) -> dict[int, float] | None:
     return weights
 
 
-def prepare_model(p: Params, data: Prepared):
-    """The strategy, the dtype policy and the compiled model, built under the strategy."""
+def prepare_model(p: Params, data: Prepared, origin: Origin | None = None):
+    """The strategy, the dtype policy and the compiled model with ``origin``'s starting weights,
+    built under the strategy."""
     from imgclf.training.distribute import make_strategy
     from imgclf.training.model import build_model
     from imgclf.training.runtime import seed_everything, set_precision
@@ -344,7 +341,9 @@ def prepare_model(p: Params, data: Prepared):
     seed_everything(p.base.seed, p.train.deterministic)
     policy = set_precision(p.train.mixed_precision)
     with strategy.scope():
-        model = build_model(data.x["train"].shape[1], len(data.labels), p.train)
+        model = build_model(data.x["train"].shape[1], len(data.labels), p.train, origin)
+        if origin is not None and origin.kind == "model":
+            copy_from(model, origin, data.labels, p.train.init_head)
     return strategy, policy, model
 
 
@@ -364,15 +363,21 @@ def train(
     store: Checkpoints | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
     on_epoch: EpochCallback | None = None,
+    origin: Origin | None = None,
 ) -> Trained:
-    """Build the model for ``p`` and fit it on ``data``'s training split, resuming from ``store``.
+    """Build the model for ``p`` from ``origin`` (default: ``train.init`` resolved here, which a
+    model URI cannot be) and fit it on ``data``'s training split, resuming from ``store``.
 
     ``on_start(facts)`` gets the model's facts before the first epoch, ``on_epoch(epoch, row)``
     each epoch's metrics as it ends (after its checkpoint is written).
     """
     check_monitor(p.train, data)
-    strategy, policy, model = prepare_model(p, data)
+    origin = origin or resolve(p.train)
+    strategy, policy, model = prepare_model(p, data, origin)
+    if origin.kind == "imagenet" and origin.md5 is None:
+        origin = resolve(p.train)  # Keras has just downloaded the file: its MD5 for the record
     facts = {
+        **origin.params(),
         "model.dtype_policy": policy,
         "model.parameters": model.count_params(),
         "model.replicas": strategy.num_replicas_in_sync,
@@ -380,6 +385,7 @@ def train(
     if on_start:
         on_start(facts)
     with strategy.scope():
-        session = Session(model, p.train, len(data.y["train"]), store, on_epoch)
+        tuning = FineTuning(p.train, origin.pretrained)
+        session = Session(model, p.train, len(data.y["train"]), store, on_epoch, tuning)
         session.restore()
     return fit(model, data, p.train, p.base.seed, session, strategy=strategy)

@@ -1,4 +1,4 @@
-"""The CNN: building it, and loading a saved one.
+"""The model ``train.model`` names: the CNN, or a backbone (:mod:`imgclf.training.backbones`).
 
 The default architecture is the original script's: per block a 'same' conv, a 'valid' conv, 2x2 max-pool
 and dropout (blocks of 32 and 64 filters), then Dense 512, dropout and softmax. Pixels are scaled
@@ -9,10 +9,33 @@ from __future__ import annotations
 
 from imgclf.core import internals
 from imgclf.core.params import TrainParams
+from imgclf.training.origin import Origin
 
 
-def build_model(image_size: int, n_classes: int, p: TrainParams):
-    """Build and compile the CNN for ``image_size`` x ``image_size`` RGB uint8 input."""
+def build_model(image_size: int, n_classes: int, p: TrainParams, origin: Origin | None = None):
+    """Build and compile ``p.model`` for ``image_size`` x ``image_size`` RGB uint8 input, with the
+    starting weights of ``origin`` (:mod:`imgclf.training.origin`; None: random)."""
+    if p.model == "cnn":
+        model = build_cnn(image_size, n_classes, p)
+    else:
+        from imgclf.training.backbones import build_backbone_model
+
+        weights = None
+        if origin is not None and origin.kind in ("imagenet", "weights"):
+            weights = str(origin.file) if origin.file else "imagenet"
+        model = build_backbone_model(image_size, n_classes, p, weights, pretrained=bool(origin and origin.pretrained))
+    compile_model(model, make_optimizer(p.optimizer, p.learning_rate))
+    return model
+
+
+def compile_model(model, optimizer) -> None:
+    """Compile ``model`` with ``optimizer`` (again between fine-tuning phases: Keras fixes the
+    variables a training step updates when it compiles)."""
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def build_cnn(image_size: int, n_classes: int, p: TrainParams):
+    """The original script's CNN, uncompiled."""
     import keras
     from keras import layers
 
@@ -29,13 +52,7 @@ def build_model(image_size: int, n_classes: int, p: TrainParams):
     x = layers.Dropout(p.dropout_dense, name="dense_dropout")(x)
     # float32 probabilities (and loss) whatever the compute precision.
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
-    model = keras.Model(inputs, outputs, name="cnn")
-    model.compile(
-        optimizer=make_optimizer(p.optimizer, p.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    return model
+    return keras.Model(inputs, outputs, name="cnn")
 
 
 def make_optimizer(name: str, learning_rate: float):

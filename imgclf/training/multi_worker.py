@@ -49,10 +49,14 @@ def fit_multi_worker(model, strategy, data, p: TrainParams, seed: int, session) 
     from imgclf.training.fit import class_weights
 
     weights = class_weights(p, y_train, len(data.labels))
-    train_step, val_step, agree = _step_functions(model, strategy, global_batch, weights)
     val_ds = validation_batches(data, global_batch)
+    phase = None
     while at.epoch < p.epochs and not at.stopped:
         epoch = at.epoch + 1
+        if session.tuning.at(epoch) != phase:  # a fine-tuning phase: steps for the layers that learn in it
+            phase = session.tuning.at(epoch)
+            session.tuning.enter(model, epoch, recompile=False)
+            train_step, val_step, agree = _step_functions(model, strategy, global_batch, weights)
         session.begin_epoch(epoch)
         totals = np.array(at.partial if at.step else [0.0, 0.0, 0.0])
         for step in range(at.step + 1, steps + 1):

@@ -60,12 +60,17 @@ def trial_data(p: Params, tp: Params, data):
 
 def make_objective(p: Params, data, study_run_id: str, worker: str):
     """The objective: train with the trial's params, report the monitor every epoch, prune."""
+    import functools
+
     import optuna
 
     from imgclf.tracking import study as tracked
+    from imgclf.tracking.models import fetch_model
     from imgclf.training.fit import train
+    from imgclf.training.origin import resolve
 
     monitor = p.train.early_stopping.monitor
+    fetch = functools.cache(fetch_model)  # a model URI in train.init is fetched once per study process
 
     def objective(trial) -> float:
         import keras
@@ -85,7 +90,8 @@ def make_objective(p: Params, data, study_run_id: str, worker: str):
 
         state, status, metrics = "FAIL", "FAILED", {}
         try:
-            trained = train(tp, trial_data(p, tp, data), on_epoch=on_epoch)
+            origin = resolve(tp.train, fetch=fetch)
+            trained = train(tp, trial_data(p, tp, data), on_epoch=on_epoch, origin=origin)
             value = float(trained.best[monitor])
             metrics = {f"best/{k}": v for k, v in trained.best.items() if k != "epoch"}
             metrics["best_epoch"] = trained.best_epoch

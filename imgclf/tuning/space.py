@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from imgclf.core.errors import PipelineError
-from imgclf.core.params import Params, SpaceEntry, searchable, with_values
+from imgclf.core.params import Params, SpaceEntry, fit_to_model, searchable, with_values
 
 
 def encode(value: Any) -> Any:
@@ -44,7 +44,7 @@ def suggest(trial, p: Params) -> dict[str, Any]:
 
 def trial_params(p: Params, values: dict[str, Any]) -> Params:
     """``p`` with a trial's ``values`` and the study's epoch budget."""
-    return with_values(p, {**values, "train.epochs": p.tune.epochs}, "tune")
+    return with_values(p, fit_to_model(p, {**values, "train.epochs": p.tune.epochs}), "tune")
 
 
 def baseline(p: Params) -> dict[str, Any]:

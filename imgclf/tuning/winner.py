@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.core import paths
-from imgclf.core.params import Params
+from imgclf.core.params import Params, fit_to_model
 from imgclf.tuning.space import decode
 from imgclf.tuning.storage import ATTR_BASELINE, counts
 
@@ -54,6 +54,7 @@ def winner_command(p: Params, study) -> list[str]:
     best = study.best_trial
     values = {k: decode(v, p.tune.space[k]) for k, v in best.params.items()}
     values["train.epochs"] = p.tune.epochs
+    values = fit_to_model(p, values)  # what the trial trained with, e.g. a backbone without the CNN's params
     cmd = ["dvc", "exp", "run", "-n", f"{study.study_name}-trial-{best.number}"]
     for key, value in values.items():
         cmd += ["-S", f"{key}={_format(value)}"]
