@@ -1,6 +1,7 @@
 """Train the tiny CNN once under a given ``train.strategy`` and print a JSON line of results.
 
-Run as ``python -m tests._train_probe STRATEGY`` by test_distributed.
+Run as ``python -m tests._train_probe STRATEGY`` by test_distributed; ``python -m
+tests._train_probe multi_worker finetune`` fine-tunes a MobileNetV3Small in two phases instead.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ def main() -> None:
     from imgclf.training.runtime import seed_everything
 
     strategy = make_strategy(strategy_name)
+    if sys.argv[2:] == ["finetune"]:
+        return fine_tune(strategy)
     from imgclf.core.params import TrainParams
     from tests.helpers import CLASS_COLOURS, as_prepared, make_image
 
@@ -59,6 +62,49 @@ def main() -> None:
                 "seconds": seconds,
                 "train_accuracy": history[-1]["accuracy"],
                 "epochs": len(history),
+                "weights_md5": weights_md5(model),
+            }
+        ),
+        flush=True,
+    )
+
+
+def fine_tune(strategy) -> None:
+    """Two phases (1 frozen epoch, then the top 12 layers at a tenth of the rate) of a backbone
+    taken as pretrained: print the learning rates, the weights' MD5 and which weights moved."""
+    from imgclf.core.params import TrainParams
+    from imgclf.training.backbones import FineTuning, build_backbone_model
+    from imgclf.training.fit import Session, fit
+    from imgclf.training.model import compile_model, make_optimizer
+    from imgclf.training.runtime import seed_everything
+    from tests.helpers import as_prepared
+
+    seed_everything(0, deterministic=False)
+    rng = np.random.default_rng(0)
+    y = (np.arange(32) % 3).astype(np.uint8)
+    x = rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
+    p = TrainParams(
+        model="mobilenet_v3_small",
+        epochs=2,
+        batch_size=8,
+        mixed_precision="off",
+        strategy="multi_worker",
+        early_stopping={"monitor": "loss"},
+        fine_tune={"frozen_epochs": 1, "unfreeze": 12},
+    )
+    tuning = FineTuning(p, pretrained=True)
+    with strategy.scope():
+        model = build_backbone_model(32, 3, p, None, pretrained=True)
+        compile_model(model, make_optimizer(p.optimizer, p.learning_rate))
+        session = Session(model, p, len(y), tuning=tuning)
+    start = {w.path: w.numpy().copy() for w in model.weights}
+    trained = fit(model, as_prepared(x, y, x[:0], y[:0]), p, seed=0, session=session, strategy=strategy)
+    moved = sorted(w.path for w in model.weights if not np.array_equal(w.numpy(), start[w.path]))
+    print(
+        json.dumps(
+            {
+                "rates": [row["learning_rate"] for row in trained.history],
+                "moved": moved,
                 "weights_md5": weights_md5(model),
             }
         ),

@@ -96,6 +96,20 @@ def test_multi_worker_on_two_local_processes(single: dict):
     )
 
 
+def test_multi_worker_fine_tunes_a_backbone_in_two_phases():
+    cmd = [sys.executable, "-m", "tests._train_probe", "multi_worker", "finetune"]
+    procs, _ = _run_workers(cmd, ROOT, dict(os.environ))
+    results = [json.loads(proc.stdout.strip().splitlines()[-1]) for proc in procs]
+    assert results[0]["weights_md5"] == results[1]["weights_md5"]
+    first, second = results[0]["rates"]
+    assert second == pytest.approx(first / 10)
+    moved = set(results[0]["moved"])
+    assert {"probabilities/kernel", "probabilities/bias"} <= moved
+    assert "conv_1/kernel" in moved  # the backbone's last convolution: unfrozen in the second phase
+    assert "conv/kernel" not in moved  # its first: below the top 12 layers
+    assert not [m for m in moved if "/moving_" in m or m.endswith(("/gamma", "/beta"))]  # BatchNorm stays
+
+
 def test_train_stage_on_two_workers_stops_on_one_signal_resumes_and_writes_once(project: Project):
     """The same `python -m stages.train` on both workers. SIGTERM to the chief alone: both
     checkpoint at the same step and stop. Run again: both resume from it, the chief's MLflow run
