@@ -16,7 +16,7 @@ from imgclf.core.errors import PipelineError  # noqa: E402
 from imgclf.core.params import TrainParams, parse  # noqa: E402
 from imgclf.core.saved_model import load_model  # noqa: E402
 from imgclf.training import backbones, checkpoint  # noqa: E402
-from imgclf.training.backbones import Phase, phases  # noqa: E402
+from imgclf.training.backbones import Phase, backbone_of, phases  # noqa: E402
 from imgclf.training.checkpoint import open_checkpoints  # noqa: E402
 from imgclf.training.fit import Session, train  # noqa: E402
 from imgclf.training.model import build_model  # noqa: E402
@@ -58,6 +58,9 @@ def test_a_backbone_takes_raw_images_and_its_h5_loads_back_the_same(tmp_path):
     model = build_model(32, 3, TrainParams(**SMALL))
     assert model.name == "mobilenet_v3_small" and model.input.dtype == "uint8"
     assert model.get_layer("probabilities").output.shape[-1] == 3
+    # From random weights, BatchNormalization's statistics must follow a few hundred steps.
+    norms = [layer for layer in backbone_of(model).layers if type(layer).__name__ == "BatchNormalization"]
+    assert norms and {layer.momentum for layer in norms} == {backbones.SCRATCH_BN_MOMENTUM}
     model.save(tmp_path / "model.h5")
     # MobileNetV3's `x + 3.0` nodes: Keras's own .h5 reader takes them for merge layers.
     again = load_model(tmp_path / "model.h5")
@@ -80,7 +83,7 @@ def test_imagenet_comes_from_keras_cache_with_its_md5(imagenet_like, monkeypatch
     assert origin.kind == "imagenet" and origin.file.parent == home / "models" and len(origin.md5) == 32
     assert origin.params()["init.md5"] == origin.md5
     model = build_model(32, 3, p, origin)
-    for mine, theirs in zip(model.get_layer("backbone").get_weights(), weights, strict=True):
+    for mine, theirs in zip(backbone_of(model).get_weights(), weights, strict=True):
         assert np.array_equal(mine, theirs)
 
 
@@ -104,7 +107,7 @@ def test_a_weights_file_starts_the_backbone(imagenet_like, tmp_path):
     origin = resolve(p)
     assert origin.kind == "weights"
     model = build_model(32, 3, p, origin)
-    assert np.array_equal(model.get_layer("backbone").get_weights()[0], weights[0])
+    assert np.array_equal(backbone_of(model).get_weights()[0], weights[0])
 
 
 def _saved(tmp_path, labels, **train):
@@ -140,7 +143,7 @@ def test_other_classes_are_named_unless_the_head_is_new(tmp_path):
     with pytest.raises(PipelineError, match=r"here but not there \['bird'\], there but not here \['dog', 'fish'\]"):
         copy_from(model, origin, ["cat", "bird"], "keep")
     copy_from(model, origin, ["cat", "bird"], "new")
-    assert np.array_equal(model.get_layer("backbone").get_weights()[0], ours.get_layer("backbone").get_weights()[0])
+    assert np.array_equal(backbone_of(model).get_weights()[0], backbone_of(ours).get_weights()[0])
 
 
 def test_a_model_of_another_architecture_or_size_is_one_line(tmp_path):
@@ -205,7 +208,7 @@ def test_the_head_learns_alone_then_the_top_layers_slower_and_batchnorm_never(im
 
     assert moved(start, seen[1]) == {"probabilities/kernel", "probabilities/bias"}
     later = moved(seen[1], seen[3])
-    inner = trained.model.get_layer("backbone").layers
+    inner = backbone_of(trained.model).layers
     top = {w.path for layer in inner[-12:] if type(layer).__name__ != "BatchNormalization" for w in layer.weights}
     head = {"probabilities/kernel", "probabilities/bias"}
     assert later - head and later <= top | head
@@ -268,46 +271,39 @@ BACKBONE_RUN = {
 
 @pytest.mark.slow
 def test_a_backbone_started_from_a_model_of_ours_trains_evaluates_and_records_its_origin(project, monkeypatch):
+    from mlflow import MlflowClient
+
     from imgclf.core.fileio import md5_file
     from imgclf.tracking.models import fetch_model
 
     p = project
+    labels = json.loads((p.root / "data/prepared/labels.json").read_text())
+    folder, _ = _saved(p.root, labels)  # p.root/ours: a MobileNetV3Small of ours, with its labels
     p.set_params(**BACKBONE_RUN)
-    p.sh("dvc", "repro")
-    (first,) = [r for r in p.runs("train") if r.data.params.get("train.model") == "mobilenet_v3_small"]
-    assert first.data.params["init.kind"] == "none"
-    ours = p.root / "ours"
-    ours.mkdir()
-    for src in ("models/model.h5", "data/prepared/labels.json"):
-        (ours / src.split("/")[-1]).write_bytes((p.root / src).read_bytes())
-
     out = p.sh("dvc", "exp", "run", "-S", "train.init=ours/model.h5", "-S", "train.epochs=2")
     assert "starting from ours/model.h5 (its head too)" in out.stdout + out.stderr
     (run,) = [r for r in p.runs("train") if r.data.params.get("train.init") == "ours/model.h5"]
     params = run.data.params
+    assert params["train.model"] == "mobilenet_v3_small"
     assert (params["init.kind"], params["init.file"], params["init.md5"]) == (
         "model",
         "model.h5",
-        md5_file(ours / "model.h5"),
+        md5_file(folder / "model.h5"),
     )
-    evaluated = [
-        r
-        for r in p.runs("evaluate")
-        if r.data.tags.get("mlflow.parentRunId") == run.data.tags.get("mlflow.parentRunId")
-    ]
+    parent = run.data.tags.get("mlflow.parentRunId")
+    evaluated = [r for r in p.runs("evaluate") if r.data.tags.get("mlflow.parentRunId") == parent]
     assert evaluated and "test_accuracy" in evaluated[0].data.metrics
     predicted = p.sh("python", "-m", "stages.predict", "data/tiny")
     assert predicted.stdout.count("\n") >= 8
 
-    # The first model, fetched by its run and by its registered version, is the same file.
+    # The trained model, fetched by its run and by its registered version, is models/model.h5.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", p.tracking_uri)
-    by_run, labels = fetch_model(f"runs:/{first.info.run_id}")
-    assert labels == json.loads((ours / "labels.json").read_text()) and md5_file(by_run) == md5_file(ours / "model.h5")
-    from mlflow import MlflowClient
-
-    (version,) = MlflowClient(p.tracking_uri).search_model_versions(f"run_id = '{first.info.run_id}'")
+    trained = md5_file(p.root / "models" / "model.h5")
+    by_run, by_run_labels = fetch_model(f"runs:/{run.info.run_id}")
+    assert by_run_labels == labels and md5_file(by_run) == trained
+    (version,) = MlflowClient(p.tracking_uri).search_model_versions(f"run_id = '{run.info.run_id}'")
     by_version, _ = fetch_model(f"models:/{version.name}/{version.version}")
-    assert md5_file(by_version) == md5_file(ours / "model.h5")
+    assert md5_file(by_version) == trained
 
     # The champion (the template's CNN) is not this architecture: one line, nothing retrained.
     p.set_params(train={"init": "models:/image-classifier@champion"})

@@ -41,7 +41,18 @@ BACKBONES = {
     "efficientnet_v2_b0": Backbone("EfficientNetV2B0", "efficientnetv2-b0_notop.h5", None),
     "resnet50_v2": Backbone("ResNet50V2", "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5", (1 / 127.5, -1.0)),
 }
-BACKBONE_LAYER = "backbone"
+# A backbone trained from random weights: its BatchNormalization layers' moving statistics follow
+# the batches at this momentum. Keras's applications use 0.999 (MobileNetV3, EfficientNetV2) or
+# 0.99, made for ImageNet's millions of steps: after the few hundred steps of a small folder the
+# statistics are still near their start, and the model, evaluated in inference mode, guesses.
+SCRATCH_BN_MOMENTUM = 0.9
+
+
+def backbone_of(model):
+    """The backbone inside a model :func:`build_backbone_model` built (the one nested model)."""
+    import keras
+
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
 def keras_cache() -> Path:
@@ -69,10 +80,16 @@ def build_backbone_model(image_size: int, n_classes: int, p: TrainParams, weight
     builder = getattr(keras.applications, spec.builder)
     shape = (image_size, image_size, 3)
     try:
-        base = builder(include_top=False, weights=weights, input_shape=shape, name=BACKBONE_LAYER, **own)
+        base = builder(include_top=False, weights=weights, input_shape=shape, **own)
     except Exception as err:  # Keras raises plain Exceptions for a failed download or a bad file
         raise PipelineError(_weights_error(p.model, weights, err)) from None
-    x = base(x, training=False) if pretrained else base(x)
+    if pretrained:
+        x = base(x, training=False)  # BatchNormalization keeps the trained statistics
+    else:
+        for layer in base.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = SCRATCH_BN_MOMENTUM
+        x = base(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dropout(p.dropout_dense, name="head_dropout")(x)
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="probabilities")(x)
@@ -82,6 +99,8 @@ def build_backbone_model(image_size: int, n_classes: int, p: TrainParams, weight
 def _weights_error(model: str, weights: str | None, err: Exception) -> str:
     reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
     reason = re.sub(r"URL fetch failure on \S+ ?(None )?(-- )?", "", reason)
+    if weights is None:
+        return f"cannot build train.model {model} ({reason[:300]})"
     if weights != "imagenet":
         return f"train.init {weights}: not weights for train.model {model} ({reason[:300]})"
     url = re.search(r"https?://\S+?\.h5", str(err))
@@ -134,7 +153,7 @@ def set_trainable(model, p: TrainParams, phase: Phase, pretrained: bool) -> bool
 
     if p.model == "cnn" or not pretrained:
         return False
-    base = model.get_layer(BACKBONE_LAYER)
+    base = backbone_of(model)
     before = [w.trainable for w in model.weights]
     base.trainable = True
     inner = base.layers
