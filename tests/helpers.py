@@ -332,3 +332,28 @@ def mlflow_server(backend: str, cwd: Path, env: dict, *extra: str, timeout: floa
         yield server.url
     finally:
         server.stop()
+
+
+def train_until_signal(monkeypatch, p, data, at: tuple[int, int], init: dict | None = None) -> None:
+    """Train ``p`` on ``data`` with checkpoints (key ``"data"``, and ``init``), a signal arriving
+    at step ``at`` = (epoch, step): it stops there after a checkpoint, as a Ctrl-C would."""
+    from imgclf.console import interrupt
+    from imgclf.training.checkpoint import open_checkpoints
+    from imgclf.training.fit import Session, train
+
+    end_step = Session.end_step
+
+    def signal_at(self, epoch, step, totals):
+        if (epoch, step) == at:
+            interrupt.request()
+        return end_step(self, epoch, step, totals)
+
+    monkeypatch.setattr(Session, "end_step", signal_at)
+    store = open_checkpoints(p, "data", init=init)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(p, data, store)
+    finally:
+        interrupt.clear()
+        monkeypatch.setattr(Session, "end_step", end_step)
+        store.close()

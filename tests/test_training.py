@@ -8,13 +8,12 @@ import pytest
 
 pytest.importorskip("keras")
 
-from imgclf.console import interrupt
 from imgclf.core.params import parse  # noqa: E402
 from imgclf.training import checkpoint  # noqa: E402
 from imgclf.training.checkpoint import open_checkpoints  # noqa: E402
-from imgclf.training.fit import Session, train  # noqa: E402
+from imgclf.training.fit import train  # noqa: E402
 
-from .helpers import as_prepared, colour_arrays  # noqa: E402
+from .helpers import as_prepared, colour_arrays, train_until_signal  # noqa: E402
 
 TINY = {"conv_filters": [4], "dense_units": 8, "batch_size": 8, "mixed_precision": "off"}
 
@@ -33,23 +32,7 @@ def test_resumed_mid_epoch_ends_with_the_weights_and_history_of_an_uninterrupted
     p, data = _params(epochs=3, early_stopping={"monitor": "loss"}), _data()
     full = train(p, data)
 
-    stop_at = (2, 3)  # epoch 2, after its 3rd of 5 steps
-    end_step = Session.end_step
-
-    def signal_at(self, epoch, step, totals):
-        if (epoch, step) == stop_at:
-            interrupt.request()
-        return end_step(self, epoch, step, totals)
-
-    monkeypatch.setattr(Session, "end_step", signal_at)
-    store = open_checkpoints(p, "data")
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(p, data, store)
-    finally:
-        interrupt.clear()
-    monkeypatch.setattr(Session, "end_step", end_step)
-    store.close()
+    train_until_signal(monkeypatch, p, data, at=(2, 3))  # epoch 2, after its 3rd of 5 steps
 
     store = open_checkpoints(p, "data")
     assert (store.state["epoch"], store.state["step"]) == (1, 3)
