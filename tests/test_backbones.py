@@ -52,6 +52,7 @@ def imagenet_like(tmp_path_factory):
     return home, base.get_weights()
 
 
+@pytest.mark.slow
 def test_a_backbone_takes_raw_images_and_its_h5_loads_back_the_same(tmp_path):
     x = _data().x["train"][:4]
     model = build_model(32, 3, TrainParams(**SMALL))
@@ -123,6 +124,7 @@ def _saved(tmp_path, labels, **train):
     return folder, model
 
 
+@pytest.mark.slow
 def test_a_model_of_ours_starts_it_head_and_all_in_this_datas_class_order(tmp_path):
     folder, ours = _saved(tmp_path, ["cat", "dog", "fish"])
     p = TrainParams(**SMALL, init=str(folder / "model.h5"))
@@ -134,6 +136,7 @@ def test_a_model_of_ours_starts_it_head_and_all_in_this_datas_class_order(tmp_pa
     np.testing.assert_allclose(model.predict(x, verbose=0), ours.predict(x, verbose=0)[:, [2, 0, 1]], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_other_classes_are_named_unless_the_head_is_new(tmp_path):
     folder, ours = _saved(tmp_path, ["cat", "dog", "fish"])
     p = TrainParams(**SMALL, init=str(folder / "model.h5"))
@@ -185,6 +188,7 @@ def _weights_by_name(model) -> dict[str, np.ndarray]:
     return {w.path: w.numpy().copy() for w in model.weights}
 
 
+@pytest.mark.slow
 def test_the_head_learns_alone_then_the_top_layers_slower_and_batchnorm_never(imagenet_like, monkeypatch):
     home, _ = imagenet_like
     monkeypatch.setenv("KERAS_HOME", str(home))
