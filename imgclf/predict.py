@@ -86,11 +86,13 @@ def _load_mlflow(uri: str) -> Classifier:
     from imgclf import tracking
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
+    if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
+        # A train run's plain artifacts: model/model.h5 and model/labels.json.
+        from imgclf.tracking.models import fetch_model
+
+        model_file, _ = fetch_model(uri, what="the model")
+        return _load_h5(model_file, model_file.with_name(LABELS_FILE), uri)
     try:
-        if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
-            # A train run's plain artifacts: model/model.h5 and model/labels.json.
-            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri.rstrip("/") + "/model"))
-            return _load_h5(folder / paths.MODEL.name, folder / LABELS_FILE, uri)
         info = mlflow.models.get_model_info(uri)
         labels = (info.metadata or {}).get("labels")
         if not labels:

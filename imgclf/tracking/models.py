@@ -104,11 +104,11 @@ def promote(
     return True, f"version {version} is the champion{before}: {metric} {value:.4f}"
 
 
-def fetch_model(uri: str):
+def fetch_model(uri: str, what: str = "train.init"):
     """A model of this project named by ``uri`` (``runs:/<train run id>``, or a registered
     version: ``models:/<name>@<alias>``, ``models:/<name>/<version>``) as local files: the
     train run's ``model/model.h5`` and its labels (None when the run has no ``labels.json``).
-    For ``train.init`` (:mod:`imgclf.training.origin`)."""
+    For ``train.init`` (:mod:`imgclf.training.origin`) and predict; ``what`` starts its errors."""
     import atexit
     import shutil
     import tempfile
@@ -136,12 +136,12 @@ def fetch_model(uri: str):
         folder = Path(tempfile.mkdtemp(prefix="imgclf-init-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         download = mlflow.artifacts.download_artifacts
-        outage.patiently("fetching train.init", download, run_id=run_id, artifact_path="model", dst_path=folder)
+        outage.patiently(f"fetching {what}", download, run_id=run_id, artifact_path="model", dst_path=folder)
     except Exception as err:  # MLflow raises many kinds for a bad URI or a missing artifact
         if isinstance(err, PipelineError):
             raise
-        raise PipelineError(f"train.init {uri}: cannot fetch the model ({outage.reason(err)})") from None
+        raise PipelineError(f"{what} {uri}: cannot fetch the model ({outage.reason(err)})") from None
     model, labels = folder / "model" / "model.h5", folder / "model" / LABELS_FILE
     if not model.is_file():
-        raise PipelineError(f"train.init {uri}: run {run_id} holds no model/model.h5 (not a train run of this project)")
+        raise PipelineError(f"{what} {uri}: run {run_id} holds no model/model.h5 (not a train run of this project)")
     return model, read_labels(labels) if labels.is_file() else None
