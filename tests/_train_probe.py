@@ -1,7 +1,9 @@
-"""Train the tiny CNN once under a given ``train.strategy`` and print a JSON line of results.
+"""Train under ``train.strategy`` and print a JSON line of results per job.
 
-Run as ``python -m tests._train_probe STRATEGY`` by test_distributed; ``python -m
-tests._train_probe multi_worker finetune`` fine-tunes a MobileNetV3Small in two phases instead.
+Run as ``python -m tests._train_probe JOB...`` by test_distributed, where a JOB is a strategy
+(``default``, ``mirrored``, ``multi_worker``: the tiny CNN once) or ``STRATEGY:finetune`` (a
+MobileNetV3Small fine-tuned in two phases). The jobs run one after the other in this process, so
+one TensorFlow start (and one cluster) serves them all.
 """
 
 from __future__ import annotations
@@ -14,16 +16,23 @@ import numpy as np
 
 
 def main() -> None:
-    strategy_name = sys.argv[1]
-    from imgclf.training.distribute import is_chief, make_strategy
+    from imgclf.training.distribute import make_strategy
+
+    strategies = {}
+    for job in sys.argv[1:]:
+        name, _, what = job.partition(":")
+        if name not in strategies:
+            strategies[name] = make_strategy(name)
+        (fine_tune if what == "finetune" else train_cnn)(name, strategies[name])
+
+
+def train_cnn(strategy_name: str, strategy) -> None:
+    """The tiny CNN on 90 images of the three colour classes, tested on 30."""
+    from imgclf.core.params import TrainParams
+    from imgclf.training.distribute import is_chief
     from imgclf.training.fit import fit
     from imgclf.training.model import build_model
     from imgclf.training.runtime import seed_everything
-
-    strategy = make_strategy(strategy_name)
-    if sys.argv[2:] == ["finetune"]:
-        return fine_tune(strategy)
-    from imgclf.core.params import TrainParams
     from tests.helpers import CLASS_COLOURS, as_prepared, make_image
 
     seed_everything(0, deterministic=False)
@@ -69,7 +78,7 @@ def main() -> None:
     )
 
 
-def fine_tune(strategy) -> None:
+def fine_tune(strategy_name: str, strategy) -> None:
     """Two phases (1 frozen epoch, then the top 12 layers at a tenth of the rate) of a backbone
     taken as pretrained: print the learning rates, the weights' MD5 and which weights moved."""
     from imgclf.core.params import TrainParams
@@ -88,7 +97,7 @@ def fine_tune(strategy) -> None:
         epochs=2,
         batch_size=8,
         mixed_precision="off",
-        strategy="multi_worker",
+        strategy=strategy_name,
         early_stopping={"monitor": "loss"},
         fine_tune={"frozen_epochs": 1, "unfreeze": 12},
     )
@@ -103,6 +112,8 @@ def fine_tune(strategy) -> None:
     print(
         json.dumps(
             {
+                "strategy": strategy_name,
+                "finetune": True,
                 "rates": [row["learning_rate"] for row in trained.history],
                 "moved": moved,
                 "weights_md5": weights_md5(model),

@@ -48,26 +48,54 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
-@pytest.fixture(scope="session")
-def built_template(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Project:
-    """The tiny git + DVC project after its first `dvc repro` (model registered in MLflow), built
-    once per test run and shared by pytest-xdist's workers (the first to need it builds it while
-    the others wait). Tests use it through ``template`` (read-only) or ``project`` (a copy)."""
+def _shared_base(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The folder all of pytest-xdist's workers share (each has its own base under it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if worker_id != "master" else base
+
+
+def _build_template(base: Path, wait: bool = True, base_env: dict | None = None) -> Project | None:
+    """Build the template in ``base`` unless built: under a lock, so that one process builds it
+    while the others wait. With ``wait=False`` return None at once when another holds the lock.
+    ``base_env``: the environment to build in (this process's by default)."""
     import fcntl
 
-    base = tmp_path_factory.getbasetemp()
-    if worker_id != "master":  # each xdist worker has its own base, under one shared folder
-        base = base.parent
     with open(base / "template.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return None
         root, done = base / "template", base / "template.built"
         if done.exists():
             return Project(root)
         shutil.rmtree(root, ignore_errors=True)  # a build that failed halfway
-        p = make_project(root, {"mlflow": {"register": True}})
+        p = make_project(root, {"mlflow": {"register": True}}, base_env=base_env)
         p.sh("dvc", "repro")
         done.touch()
         return p
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _template_ahead(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, worker_id: str):
+    """Start building the template in a thread as the session starts, when any selected test
+    needs it: the first `dvc repro` then runs beside the quick tests instead of holding up the
+    first test that needs it. One process builds it (the others find the lock taken)."""
+    import threading
+
+    if any("built_template" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        base = _shared_base(tmp_path_factory, worker_id)
+        # The environment as the session starts: tests that run meanwhile may set variables.
+        args = (base, False, dict(os.environ))
+        threading.Thread(target=_build_template, args=args, name="template-ahead").start()
+
+
+@pytest.fixture(scope="session")
+def built_template(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Project:
+    """The tiny git + DVC project after its first `dvc repro` (model registered in MLflow), built
+    once per test run and shared by pytest-xdist's workers (started ahead by ``_template_ahead``;
+    a process that needs it before it is done waits). Tests use it through ``template``
+    (read-only) or ``project`` (a copy)."""
+    return _build_template(_shared_base(tmp_path_factory, worker_id))
 
 
 def _tree_state(root: Path) -> dict[str, tuple[int, int]]:

@@ -137,9 +137,12 @@ def need_system(found: bool, what: str, hint: str) -> None:
 class Project:
     """A throw-away git + DVC project: run commands in it, read its outputs and its MLflow store."""
 
-    def __init__(self, root: Path, env: dict | None = None):
+    def __init__(self, root: Path, env: dict | None = None, base_env: dict | None = None):
+        """``env`` adds to (or overrides) ``base_env``: this process's environment by default,
+        less its MLflow and DVC settings."""
         self.root = root
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+        base = os.environ if base_env is None else base_env
+        self.env = {k: v for k, v in base.items() if not k.startswith(("MLFLOW_", "DVC_"))}
         self.env.update(
             {
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -192,8 +195,11 @@ def write_params(root: Path, sections: dict) -> None:
             path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def make_project(root: Path, params: dict | None = None, env: dict | None = None) -> Project:
-    """A git + DVC copy of the project in ``root`` on tiny images (``data/tiny``), not yet run."""
+def make_project(
+    root: Path, params: dict | None = None, env: dict | None = None, base_env: dict | None = None
+) -> Project:
+    """A git + DVC copy of the project in ``root`` on tiny images (``data/tiny``), not yet run
+    (``env`` and ``base_env`` as for :class:`Project`)."""
     root.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         src = ROOT / name
@@ -203,7 +209,7 @@ def make_project(root: Path, params: dict | None = None, env: dict | None = None
             shutil.copy2(src, root / name)
     make_class_folders(root / "data" / "tiny", per_class=8)
     write_params(root, _merge(TINY_PARAMS, {"data": {"source": "data/tiny"}, **(params or {})}))
-    p = Project(root, env)
+    p = Project(root, env, base_env)
     p.sh("git", "init", "-q")
     p.sh("dvc", "init", "-q")
     p.sh("dvc", "config", "core.analytics", "false")

@@ -188,11 +188,14 @@ def _weights_by_name(model) -> dict[str, np.ndarray]:
     return {w.path: w.numpy().copy() for w in model.weights}
 
 
-@pytest.mark.slow
-def test_the_head_learns_alone_then_the_top_layers_slower_and_batchnorm_never(imagenet_like, monkeypatch):
+FINE_TUNE = {"init": "imagenet", "epochs": 3, "fine_tune": {"frozen_epochs": 1, "unfreeze": 12, "lr_factor": 0.1}}
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(imagenet_like):
+    """A backbone taken as pretrained, trained 3 epochs: 1 of the head alone, then 2 with its top
+    12 layers. The start weights, the weights after each epoch, and the result."""
     home, _ = imagenet_like
-    monkeypatch.setenv("KERAS_HOME", str(home))
-    p = _params(init="imagenet", epochs=3, fine_tune={"frozen_epochs": 1, "unfreeze": 12, "lr_factor": 0.1})
     seen = {}
     end_epoch = Session.end_epoch
 
@@ -200,10 +203,18 @@ def test_the_head_learns_alone_then_the_top_layers_slower_and_batchnorm_never(im
         seen[epoch] = _weights_by_name(self.model)
         return end_epoch(self, epoch, logs, check_signal)
 
-    monkeypatch.setattr(Session, "end_epoch", keep)
-    model = build_model(32, 3, p.train, resolve(p.train))
-    start = _weights_by_name(model)
-    trained = train(p, _data())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KERAS_HOME", str(home))
+        mp.setattr(Session, "end_epoch", keep)
+        p = _params(**FINE_TUNE)
+        start = _weights_by_name(build_model(32, 3, p.train, resolve(p.train)))
+        trained = train(p, _data())
+    return start, seen, trained
+
+
+@pytest.mark.slow
+def test_the_head_learns_alone_then_the_top_layers_slower_and_batchnorm_never(fine_tuned):
+    start, seen, trained = fine_tuned
     assert [row["learning_rate"] for row in trained.history] == pytest.approx([1e-3, 1e-4, 1e-4])
 
     def moved(a, b):
@@ -220,13 +231,13 @@ def test_the_head_learns_alone_then_the_top_layers_slower_and_batchnorm_never(im
 
 
 @pytest.mark.slow
-def test_a_resume_in_the_second_phase_ends_as_the_uninterrupted_run(imagenet_like, monkeypatch, tmp_path):
+def test_a_resume_in_the_second_phase_ends_as_the_uninterrupted_run(imagenet_like, fine_tuned, monkeypatch, tmp_path):
     home, _ = imagenet_like
+    _, _, full = fine_tuned  # the same params, uninterrupted
     monkeypatch.setenv("KERAS_HOME", str(home))
     monkeypatch.setenv(checkpoint.ENV_DIR, str(tmp_path))
-    p = _params(init="imagenet", epochs=3, fine_tune={"frozen_epochs": 1, "unfreeze": 12})
+    p = _params(**FINE_TUNE)
     data = _data()
-    full = train(p, data)
 
     init = resolve(p.train).key()
     train_until_signal(monkeypatch, p, data, at=(2, 2), init=init)  # the second phase, mid-epoch

@@ -23,17 +23,11 @@ from .helpers import ROOT, Project, free_port
 pytestmark = pytest.mark.slow
 
 
-def _run(strategy: str, env: dict | None = None, timeout: int = 300) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests._train_probe", strategy],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def _results(proc: subprocess.CompletedProcess | str) -> dict:
+    """The probe's JSON lines, by job (``default``, ``mirrored``, ``multi_worker:finetune``...)."""
+    out = proc if isinstance(proc, str) else proc.stdout
+    lines = [json.loads(line) for line in out.strip().splitlines() if line.startswith("{")]
+    return {r["strategy"] + (":finetune" if r.get("finetune") else ""): r for r in lines}
 
 
 def _cluster(workers: int) -> list[str]:
@@ -65,23 +59,39 @@ def _run_workers(
 
 
 @pytest.fixture(scope="module")
-def single() -> dict:
-    start = time.perf_counter()
-    result = _run("default")
-    result["wall"] = time.perf_counter() - start
-    return result
+def local() -> dict:
+    """One device and MirroredStrategy on two logical CPUs, one after the other in one process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests._train_probe", "default", "mirrored"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "IMGCLF_CPU_DEVICES": "2"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _results(proc)
 
 
-def test_mirrored_on_two_logical_cpus(single: dict):
-    result = _run("mirrored", {"IMGCLF_CPU_DEVICES": "2"})
-    assert result["replicas"] == 2
+@pytest.fixture(scope="module")
+def two_workers() -> list[dict]:
+    """Two worker processes on loopback: the tiny CNN, then a backbone fine-tuned in two phases,
+    in the same cluster. Each worker's results by job."""
+    cmd = [sys.executable, "-m", "tests._train_probe", "multi_worker", "multi_worker:finetune"]
+    procs, _ = _run_workers(cmd, ROOT, dict(os.environ))
+    return [_results(proc) for proc in procs]
+
+
+def test_mirrored_on_two_logical_cpus(local: dict):
+    single, mirrored = local["default"], local["mirrored"]
+    assert (single["replicas"], mirrored["replicas"]) == (1, 2)
     assert single["accuracy"] >= 0.9
-    assert result["accuracy"] >= single["accuracy"] - 0.1
+    assert mirrored["accuracy"] >= single["accuracy"] - 0.1
 
 
-def test_multi_worker_on_two_local_processes(single: dict):
-    procs, wall = _run_workers([sys.executable, "-m", "tests._train_probe", "multi_worker"], ROOT, dict(os.environ))
-    results = [json.loads(proc.stdout.strip().splitlines()[-1]) for proc in procs]
+def test_multi_worker_on_two_local_processes(local: dict, two_workers: list[dict]):
+    single = local["default"]
+    results = [r["multi_worker"] for r in two_workers]
     assert [r["chief"] for r in results] == [True, False]
     assert all(r["replicas"] == 2 and r["epochs"] == single["epochs"] for r in results)
     # Synchronous training: both workers end with the very same weights and metrics.
@@ -90,16 +100,12 @@ def test_multi_worker_on_two_local_processes(single: dict):
     assert single["accuracy"] >= 0.9
     for r in results:
         assert r["accuracy"] >= single["accuracy"] - 0.1
-    print(
-        f"\nmulti-worker (2 processes): {wall:.1f} s wall, {results[0]['seconds']:.2f} s training; "
-        f"single device: {single['wall']:.1f} s wall, {single['seconds']:.2f} s training"
-    )
+    seconds = results[0]["seconds"], single["seconds"]
+    print("\nmulti-worker (2 processes): {:.2f} s training; one device: {:.2f} s".format(*seconds))
 
 
-def test_multi_worker_fine_tunes_a_backbone_in_two_phases():
-    cmd = [sys.executable, "-m", "tests._train_probe", "multi_worker", "finetune"]
-    procs, _ = _run_workers(cmd, ROOT, dict(os.environ))
-    results = [json.loads(proc.stdout.strip().splitlines()[-1]) for proc in procs]
+def test_multi_worker_fine_tunes_a_backbone_in_two_phases(two_workers: list[dict]):
+    results = [r["multi_worker:finetune"] for r in two_workers]
     assert results[0]["weights_md5"] == results[1]["weights_md5"]
     first, second = results[0]["rates"]
     assert second == pytest.approx(first / 10)
