@@ -13,7 +13,7 @@ import pytest
 
 import imgclf  # noqa: F401  (first: it quiets TensorFlow before any test imports it)
 
-from .helpers import Project, copy_project, make_class_folders, make_project
+from .helpers import Project, copy_project, make_class_folders, make_project, order_for_workers
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +46,13 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, spread the heavy tests over the workers (``order_for_workers``)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        items[:] = order_for_workers(items, workers)
 
 
 def _shared_base(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:

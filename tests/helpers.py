@@ -6,6 +6,7 @@ Fixtures live in ``conftest.py``; everything a test module imports comes from he
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -363,3 +364,48 @@ def train_until_signal(monkeypatch, p, data, at: tuple[int, int], init: dict | N
         interrupt.clear()
         monkeypatch.setattr(Session, "end_step", end_step)
         store.close()
+
+
+def _weight(item: pytest.Item) -> int:
+    """A rough cost, in seconds of CPU on 2 cores: a test that runs DVC or stages in a copy of the
+    template about 25, another slow test about 10 (a server, a TensorFlow process), the rest 1."""
+    if item.get_closest_marker("slow") is None:
+        return 1
+    if "built_template" not in item.fixturenames:
+        return 10
+    return 25 if "project" in item.fixturenames else 1
+
+
+def order_for_workers(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
+    """``items`` ordered for pytest-xdist's ``--dist worksteal`` on ``workers`` processes.
+
+    Worksteal gives each worker a contiguous share of the list (equal counts, in order), and an
+    idle worker later steals the back half of the longest queue. In file order one share held
+    most of the heavy tests, which then ran last while the others idled. Here the heavy tests
+    are spread over the shares by their rough cost (:func:`_weight`; tests marked with the same
+    ``xdist_group`` stay together, as they share a module fixture), each share starts with those
+    that need no template (it builds meanwhile), and the quick tests fill the shares in file
+    order, so that what is stolen at the end is quick.
+    """
+    sizes, left = [], len(items)
+    for k in range(workers):  # as the scheduler splits: the rest over the workers still to serve
+        sizes.append(left // (workers - k))
+        left -= sizes[-1]
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        if _weight(item) > 1:
+            mark = item.get_closest_marker("xdist_group")
+            units.setdefault(f"group:{mark.args[0]}" if mark else item.nodeid, []).append(item)
+    shares: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for unit in sorted(units.values(), key=lambda u: -sum(map(_weight, u))):  # heaviest first
+        k = min(range(workers), key=lambda k: (len(shares[k]) + len(unit) > sizes[k], loads[k]))
+        shares[k] += unit
+        loads[k] += sum(map(_weight, unit))
+    heavy = {id(item) for share in shares for item in share}
+    quick = iter([item for item in items if id(item) not in heavy])
+    ordered = []
+    for k, share in enumerate(shares):
+        share.sort(key=lambda item: "built_template" in item.fixturenames)  # stable
+        ordered += share + list(itertools.islice(quick, max(sizes[k] - len(share), 0)))
+    return ordered + list(quick)

@@ -16,7 +16,8 @@ import pytest
 
 from .helpers import MlflowServer, Project, make_project
 
-pytestmark = pytest.mark.slow
+# On one xdist worker (one locked server for the module: built once; tests/helpers.py, order_for_workers).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("auth-server")]
 
 ADMIN_PASSWORD = "adm1n-Pa55-for-tests"
 USER, PASSWORD = "alice", "al1ce-Pa55-for-tests"

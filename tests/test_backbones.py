@@ -213,6 +213,7 @@ def fine_tuned(imagenet_like):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("fine-tuned")  # on one worker: the fine-tuning they share runs once
 def test_the_head_learns_alone_then_the_top_layers_slower_and_batchnorm_never(fine_tuned):
     start, seen, trained = fine_tuned
     assert [row["learning_rate"] for row in trained.history] == pytest.approx([1e-3, 1e-4, 1e-4])
@@ -231,6 +232,7 @@ def test_the_head_learns_alone_then_the_top_layers_slower_and_batchnorm_never(fi
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("fine-tuned")
 def test_a_resume_in_the_second_phase_ends_as_the_uninterrupted_run(imagenet_like, fine_tuned, monkeypatch, tmp_path):
     home, _ = imagenet_like
     _, _, full = fine_tuned  # the same params, uninterrupted

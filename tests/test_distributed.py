@@ -20,7 +20,8 @@ from imgclf.core.fileio import md5_file
 
 from .helpers import ROOT, Project, free_port
 
-pytestmark = pytest.mark.slow
+# On one xdist worker (its probe runs are module fixtures: built once; tests/helpers.py, order_for_workers).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]
 
 
 def _results(proc: subprocess.CompletedProcess | str) -> dict:

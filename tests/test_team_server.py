@@ -21,7 +21,8 @@ import pytest
 
 from .helpers import free_port, make_project, mlflow_server, need_system
 
-pytestmark = pytest.mark.slow
+# On one xdist worker (one PostgreSQL for the module: built once; tests/helpers.py, order_for_workers).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team-server")]
 
 
 def _pg_bin() -> Path:
