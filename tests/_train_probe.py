@@ -23,10 +23,11 @@ def main() -> None:
         name, _, what = job.partition(":")
         if name not in strategies:
             strategies[name] = make_strategy(name)
-        (fine_tune if what == "finetune" else train_cnn)(name, strategies[name])
+        result = (fine_tune if what == "finetune" else train_cnn)(name, strategies[name])
+        print(json.dumps({"job": job, **result}), flush=True)
 
 
-def train_cnn(strategy_name: str, strategy) -> None:
+def train_cnn(strategy_name: str, strategy) -> dict:
     """The tiny CNN on 90 images of the three colour classes, tested on 30."""
     from imgclf.core.params import TrainParams
     from imgclf.training.distribute import is_chief
@@ -61,24 +62,18 @@ def train_cnn(strategy_name: str, strategy) -> None:
     history = trained.history
     seconds = time.perf_counter() - start
     accuracy = float((model.predict(x_test, verbose=0).argmax(1) == y_test).mean())
-    print(
-        json.dumps(
-            {
-                "strategy": strategy_name,
-                "replicas": strategy.num_replicas_in_sync,
-                "chief": is_chief(),
-                "accuracy": accuracy,
-                "seconds": seconds,
-                "train_accuracy": history[-1]["accuracy"],
-                "epochs": len(history),
-                "weights_md5": weights_md5(model),
-            }
-        ),
-        flush=True,
-    )
+    return {
+        "replicas": strategy.num_replicas_in_sync,
+        "chief": is_chief(),
+        "accuracy": accuracy,
+        "seconds": seconds,
+        "train_accuracy": history[-1]["accuracy"],
+        "epochs": len(history),
+        "weights_md5": weights_md5(model),
+    }
 
 
-def fine_tune(strategy_name: str, strategy) -> None:
+def fine_tune(strategy_name: str, strategy) -> dict:
     """Two phases (1 frozen epoch, then the top 12 layers at a tenth of the rate) of a backbone
     taken as pretrained: print the learning rates, the weights' MD5 and which weights moved."""
     from imgclf.core.params import TrainParams
@@ -109,18 +104,11 @@ def fine_tune(strategy_name: str, strategy) -> None:
     start = {w.path: w.numpy().copy() for w in model.weights}
     trained = fit(model, as_prepared(x, y, x[:0], y[:0]), p, seed=0, session=session, strategy=strategy)
     moved = sorted(w.path for w in model.weights if not np.array_equal(w.numpy(), start[w.path]))
-    print(
-        json.dumps(
-            {
-                "strategy": strategy_name,
-                "finetune": True,
-                "rates": [row["learning_rate"] for row in trained.history],
-                "moved": moved,
-                "weights_md5": weights_md5(model),
-            }
-        ),
-        flush=True,
-    )
+    return {
+        "rates": [row["learning_rate"] for row in trained.history],
+        "moved": moved,
+        "weights_md5": weights_md5(model),
+    }
 
 
 def weights_md5(model) -> str:

@@ -24,11 +24,10 @@ from .helpers import ROOT, Project, free_port
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed")]
 
 
-def _results(proc: subprocess.CompletedProcess | str) -> dict:
+def _results(proc: subprocess.CompletedProcess) -> dict:
     """The probe's JSON lines, by job (``default``, ``mirrored``, ``multi_worker:finetune``...)."""
-    out = proc if isinstance(proc, str) else proc.stdout
-    lines = [json.loads(line) for line in out.strip().splitlines() if line.startswith("{")]
-    return {r["strategy"] + (":finetune" if r.get("finetune") else ""): r for r in lines}
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return {r["job"]: r for r in lines}
 
 
 def _cluster(workers: int) -> list[str]:

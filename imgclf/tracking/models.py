@@ -133,7 +133,7 @@ def fetch_model(uri: str, what: str = "train.init"):
                 else client.get_model_version(name, ref)
             )
             run_id = version.run_id
-        folder = Path(tempfile.mkdtemp(prefix="imgclf-init-"))
+        folder = Path(tempfile.mkdtemp(prefix="imgclf-model-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         download = mlflow.artifacts.download_artifacts
         outage.patiently(f"fetching {what}", download, run_id=run_id, artifact_path="model", dst_path=folder)
