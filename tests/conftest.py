@@ -6,6 +6,7 @@ import contextlib
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 import imgclf  # noqa: F401  (first: it quiets TensorFlow before any test imports it)
 
-from .helpers import Project, copy_project, make_class_folders, make_project, order_for_workers
+from .helpers import QUEUED, Project, copy_project, make_class_folders, make_project, order_for_workers
 
 
 @pytest.fixture(autouse=True)
@@ -61,25 +62,34 @@ def _shared_base(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Pa
     return base.parent if worker_id != "master" else base
 
 
-def _build_template(base: Path, wait: bool = True, base_env: dict | None = None) -> Project | None:
-    """Build the template in ``base`` unless built: under a lock, so that one process builds it
-    while the others wait. With ``wait=False`` return None at once when another holds the lock.
-    ``base_env``: the environment to build in (this process's by default)."""
+def _shared_build(base: Path, name: str, build, wait: bool = True) -> Path | None:
+    """``base/name``, built by ``build(root)`` unless built: under a lock, so that one process of
+    the test run builds it while the others wait. With ``wait=False`` return None at once when
+    another holds the lock."""
     import fcntl
 
-    with open(base / "template.lock", "w") as lock:
+    with open(base / f"{name}.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             return None
-        root, done = base / "template", base / "template.built"
-        if done.exists():
-            return Project(root)
-        shutil.rmtree(root, ignore_errors=True)  # a build that failed halfway
-        p = make_project(root, {"mlflow": {"register": True}}, base_env=base_env)
-        p.sh("dvc", "repro")
-        done.touch()
-        return p
+        root, done = base / name, base / f"{name}.built"
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a build that failed halfway
+            build(root)
+            done.touch()
+        return root
+
+
+def _build_template(base: Path, wait: bool = True, base_env: dict | None = None) -> Project | None:
+    """The template in ``base`` (:func:`_shared_build`): a tiny project after its first
+    `dvc repro`. ``base_env``: the environment to build in (this process's by default)."""
+
+    def build(root: Path) -> None:
+        make_project(root, {"mlflow": {"register": True}}, base_env=base_env).sh("dvc", "repro")
+
+    root = _shared_build(base, "template", build, wait)
+    return None if root is None else Project(root)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -103,6 +113,35 @@ def built_template(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> 
     a process that needs it before it is done waits). Tests use it through ``template``
     (read-only) or ``project`` (a copy)."""
     return _build_template(_shared_base(tmp_path_factory, worker_id))
+
+
+@pytest.fixture(scope="session")
+def queued_experiments(built_template: Project, tmp_path_factory, worker_id: str) -> Project:
+    """A copy of the template whose first results are committed, then two experiments queued
+    with other learning rates (``QUEUED``) and run by `dvc queue start -j 2`, built once per test
+    run (:func:`_shared_build`) for the tests that read them (mark them
+    ``xdist_group("queued")``). READ-ONLY. ``dvc queue status`` as the queue ended is in
+    ``queue-status.txt`` beside it."""
+
+    def build(root: Path) -> None:
+        p = copy_project(built_template, root)
+        p.sh("git", "add", "-A")
+        p.sh("git", "commit", "-qm", "first results")
+        for name, lr in QUEUED.items():
+            p.sh("dvc", "exp", "run", "--queue", "-S", f"train.learning_rate={lr}", "-n", name)
+        p.sh("dvc", "queue", "start", "-j", "2")
+        deadline = time.monotonic() + 480
+        while True:
+            status = p.sh("dvc", "queue", "status").stdout
+            if ("Queued" not in status and "Running" not in status) or time.monotonic() > deadline:
+                break
+            time.sleep(3)
+        (root.parent / "queue-status.txt").write_text(status)
+
+    root = _shared_build(_shared_base(tmp_path_factory, worker_id), "queued", build)
+    p = Project(root)
+    p.env = dict(built_template.env)
+    return p
 
 
 def _tree_state(root: Path) -> dict[str, tuple[int, int]]:

@@ -43,6 +43,9 @@ TINY_PARAMS = {
     "train": {"conv_filters": [4, 8], "dense_units": 16, "epochs": 2, "batch_size": 8},
 }
 
+# The experiments the `queued_experiments` fixture queues: name -> train.learning_rate.
+QUEUED = {"queued-1": "0.002", "queued-2": "0.0005"}
+
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "settings.yaml", ".gitignore", ".dvcignore", "stages", "imgclf")
 
 
@@ -368,12 +371,13 @@ def train_until_signal(monkeypatch, p, data, at: tuple[int, int], init: dict | N
 
 def _weight(item: pytest.Item) -> int:
     """A rough cost, in seconds of CPU on 2 cores: a test that runs DVC or stages in a copy of the
-    template about 25, another slow test about 10 (a server, a TensorFlow process), the rest 1."""
+    template (or reads the queued experiments, which one of them runs) about 25, another slow
+    test about 10 (a server, a TensorFlow process), the rest 1."""
     if item.get_closest_marker("slow") is None:
         return 1
     if "built_template" not in item.fixturenames:
         return 10
-    return 25 if "project" in item.fixturenames else 1
+    return 25 if {"project", "queued_experiments"} & set(item.fixturenames) else 1
 
 
 def order_for_workers(items: list[pytest.Item], workers: int) -> list[pytest.Item]:

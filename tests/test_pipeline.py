@@ -25,7 +25,7 @@ import yaml
 from imgclf import tracking
 from imgclf.core.fileio import md5_file
 
-from .helpers import ROOT, Project
+from .helpers import QUEUED, ROOT, Project
 
 pytestmark = pytest.mark.slow
 
@@ -426,28 +426,20 @@ def test_sigterm_during_training_keeps_the_previous_model(project: Project, tmp_
     assert sorted(p.name for p in model.parent.iterdir()) == [".gitignore", "model.h5", "model_run.json"]
 
 
-def test_queued_experiments_in_parallel_all_land_in_the_main_store(project: Project):
-    _commit(project)
-    # Two experiments on two workers: both run at once, writing to the one SQLite store.
-    for n, lr in enumerate(("0.002", "0.0005"), start=1):
-        project.sh("dvc", "exp", "run", "--queue", "-S", f"train.learning_rate={lr}", "-n", f"queued-{n}")
-    project.sh("dvc", "queue", "start", "-j", "2")
-    deadline = time.monotonic() + 480
-    while True:
-        status = project.sh("dvc", "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(3)
+@pytest.mark.xdist_group("queued")  # on one worker with the UI test: the experiments they read run once
+def test_queued_experiments_in_parallel_all_land_in_the_main_store(queued_experiments: Project):
+    # Two experiments on two workers (conftest.py): both ran at once, writing to the one SQLite store.
+    project = queued_experiments
+    status = (project.root.parent / "queue-status.txt").read_text()
     assert status.count("Success") >= 2 and "Failed" not in status, status
-    names = {f"queued-{n}" for n in (1, 2)}
+    names = set(QUEUED)
     # Each experiment's pipeline run is named after it; its stage runs carry its name and params.
     pipelines = [r for r in project.runs() if r.info.run_name in names]
     assert len(pipelines) == 2 and all(r.info.status == "FINISHED" for r in pipelines)
     assert all(r.data.tags[tracking.TAG_STAGE] == "pipeline" for r in pipelines)
     trains = [r for r in project.runs("train") if r.data.tags.get("dvc.exp_name") in names]
     assert len(trains) == 2
-    assert sorted(r.data.params["train.learning_rate"] for r in trains) == ["0.0005", "0.002"]
+    assert sorted(r.data.params["train.learning_rate"] for r in trains) == sorted(QUEUED.values())
     # They ran in DVC's temporary copies (as `dvc exp run --temp` does), yet their store and
     # artifacts are the main project's, not the deleted copies'.
     assert all(r.info.artifact_uri.startswith((project.root / "mlartifacts").as_uri()) for r in trains)

@@ -1,11 +1,12 @@
 """The MLflow UI in a real browser: a real `mlflow server` on the pipeline's store, headless
 Chromium driven by Playwright (:mod:`tests.mlflow_ui`, which also takes the README's pictures).
 
-Two pipeline runs with different params (the first repro's, and an experiment this test runs on
-its own copy of the project) must show in the "Model training" runs table with their dataset,
-params and test metrics; the chart view must have a ``test_accuracy`` chart and the learning
-curves; the compare view must set them side by side. Screenshots land in ``test-output/ui/``
-for people to look at. Without Chromium the test skips (fails under IMGCLF_REQUIRE_SYSTEM_DEPS=1).
+Two pipeline runs with different params (the first repro's, and an experiment queued from it:
+the ``queued_experiments`` fixture, which the queued-experiments test reads too) must show in the
+"Model training" runs table with their dataset, params and test metrics; the chart view must
+have a ``test_accuracy`` chart and the learning curves; the compare view must set them side by
+side. Screenshots land in ``test-output/ui/`` for people to look at. Without Chromium the test
+skips (fails under IMGCLF_REQUIRE_SYSTEM_DEPS=1).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from . import mlflow_ui
-from .helpers import ROOT, Project, mlflow_server, need_system
+from .helpers import QUEUED, ROOT, Project, mlflow_server, need_system
 
 pytestmark = pytest.mark.slow
 
@@ -35,27 +36,27 @@ def chromium() -> str:
     return found
 
 
-def test_runs_table_chart_view_and_compare_view_show_two_pipeline_runs(chromium: str, project: Project, tmp_path: Path):
-    # A second pipeline result with other params, as a user's experiment from the first results makes.
-    project.sh("git", "add", "-A")
-    project.sh("git", "commit", "-qm", "first results")
-    project.sh("dvc", "exp", "run", "-S", "train.learning_rate=0.003", "-n", "ui-lr3")
+@pytest.mark.xdist_group("queued")  # on one worker with the queued-experiments test (they share its runs)
+def test_runs_table_chart_view_and_compare_view_show_two_pipeline_runs(
+    chromium: str, queued_experiments: Project, tmp_path: Path
+):
+    project, name = queued_experiments, "queued-1"
     (first,) = project.runs("pipeline")  # the first repro's
-    (second,) = project.runs("ui-lr3")
+    (second,) = project.runs(name)
     assert first.data.tags.get("imgclf.stage") == second.data.tags.get("imgclf.stage") == "pipeline"
-    assert second.data.params["train.learning_rate"] == "0.003"
+    assert second.data.params["train.learning_rate"] == QUEUED[name]
     exp_id = first.info.experiment_id
     digest = first.data.tags["imgclf.data_md5"][:10]
 
     with mlflow_server(project.tracking_uri, tmp_path, project.env) as server:
         ids = [first.info.run_id, second.info.run_id]
-        views = mlflow_ui.take(chromium, server, exp_id, OUT, ["pipeline", "ui-lr3"], compare=ids)
+        views = mlflow_ui.take(chromium, server, exp_id, OUT, ["pipeline", name], compare=ids)
 
     # The runs table: both results, their data, the params that differ and the test metrics.
-    assert "pipeline" in views.runs_table and "ui-lr3" in views.runs_table
+    assert "pipeline" in views.runs_table and name in views.runs_table
     for column in ("train.learning_rate", "test_accuracy", "best_epoch"):
         assert column in views.runs_table, column
-    assert "0.003" in views.runs_table
+    assert QUEUED[name] in views.runs_table
     assert f"{second.data.metrics['test_accuracy']:.3g}"[:4] in views.runs_table
     # The Dataset column names the data a pipeline run read, with its digest.
     assert any(entry.startswith("tiny") for entry in views.datasets), views.datasets
@@ -66,4 +67,4 @@ def test_runs_table_chart_view_and_compare_view_show_two_pipeline_runs(chromium:
         assert (OUT / picture).stat().st_size > 20_000, picture
     # The compare view sets the two side by side with their differing param.
     compare = views.compare
-    assert "train.learning_rate" in compare and "0.003" in compare and "test_accuracy" in compare
+    assert "train.learning_rate" in compare and QUEUED[name] in compare and "test_accuracy" in compare
