@@ -49,6 +49,9 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_store: str
     def write_params(**sections):
         raw = {k: dict(v) for k, v in TINY_PARAMS.items()}
         raw["data"]["source"] = str(images)
+        # One process: starting two workers costs more than 18 images take. The tests of bad
+        # images take two (``POOL``), so a bad file also goes through the worker pool.
+        raw["augment"]["workers"] = 1
         for section, values in sections.items():
             raw.setdefault(section, {}).update(values)
         for name, part in zip(("params.yaml", "settings.yaml"), split_settings(raw)):
@@ -57,6 +60,9 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_store: str
     ws.write_params = write_params
     write_params()
     return ws
+
+
+POOL = {"augment": {"workers": 2}}  # in write_params: decode and augment over two worker processes
 
 
 def _runs(stage: str):
@@ -75,6 +81,7 @@ def test_bad_files_are_skipped_reported_and_counted(workspace, capsys):
     (red / "drawing.png").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')  # unsupported format
     good = (red / "00.png").read_bytes()
     (red / "cut.png").write_bytes(good[: len(good) // 2])
+    workspace.write_params(**POOL)
     assert run_stage("augment", augment.run) == 0
     err = capsys.readouterr().err
     with open(paths.SKIPPED_REPORT, newline="", encoding="utf-8") as fh:
@@ -111,7 +118,7 @@ def test_copies_of_one_image_are_grouped_reported_and_counted(workspace, capsys)
 
 
 def test_fail_policy_stops_at_the_bad_file_and_writes_nothing(workspace, capsys):
-    workspace.write_params(data={"on_bad_image": "fail"})
+    workspace.write_params(data={"on_bad_image": "fail"}, **POOL)
     (workspace.images / "green" / "broken.webp").write_bytes(b"RIFF0000WEBPjunk")
     assert run_stage("augment", augment.run) == 2
     line = _last_line(capsys)
