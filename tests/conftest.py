@@ -120,23 +120,20 @@ def queued_experiments(built_template: Project, tmp_path_factory, worker_id: str
     """A copy of the template whose first results are committed, then two experiments queued
     with other learning rates (``QUEUED``) and run by `dvc queue start -j 2`, built once per test
     run (:func:`_shared_build`) for the tests that read them (mark them
-    ``xdist_group("queued")``). READ-ONLY. ``dvc queue status`` as the queue ended is in
-    ``queue-status.txt`` beside it."""
+    ``xdist_group("queued")``). READ-ONLY."""
 
     def build(root: Path) -> None:
         p = copy_project(built_template, root)
-        p.sh("git", "add", "-A")
-        p.sh("git", "commit", "-qm", "first results")
+        p.commit()
         for name, lr in QUEUED.items():
             p.sh("dvc", "exp", "run", "--queue", "-S", f"train.learning_rate={lr}", "-n", name)
         p.sh("dvc", "queue", "start", "-j", "2")
-        deadline = time.monotonic() + 480
-        while True:
+        deadline = time.monotonic() + 480  # then the tests find them unfinished in `dvc queue status`
+        while time.monotonic() < deadline:
             status = p.sh("dvc", "queue", "status").stdout
-            if ("Queued" not in status and "Running" not in status) or time.monotonic() > deadline:
+            if "Queued" not in status and "Running" not in status:
                 break
             time.sleep(3)
-        (root.parent / "queue-status.txt").write_text(status)
 
     root = _shared_build(_shared_base(tmp_path_factory, worker_id), "queued", build)
     p = Project(root)

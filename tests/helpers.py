@@ -170,6 +170,11 @@ class Project:
             pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
         return proc
 
+    def commit(self, message: str = "first results") -> None:
+        """Commit everything, as a user does before running experiments from the results."""
+        self.sh("git", "add", "-A")
+        self.sh("git", "commit", "-qm", message)
+
     def json(self, rel: str):
         return json.loads((self.root / rel).read_text(encoding="utf-8"))
 
@@ -217,8 +222,7 @@ def make_project(
     p.sh("git", "init", "-q")
     p.sh("dvc", "init", "-q")
     p.sh("dvc", "config", "core.analytics", "false")
-    p.sh("git", "add", "-A")
-    p.sh("git", "commit", "-qm", "tiny project")
+    p.commit("tiny project")
     return p
 
 

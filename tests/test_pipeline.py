@@ -235,12 +235,6 @@ def test_second_repro_does_nothing(project: Project):
     assert len(project.runs()) == before
 
 
-def _commit(project: Project) -> None:
-    """Commit the first results, as a user does before running experiments from them."""
-    project.sh("git", "add", "-A")
-    project.sh("git", "commit", "-qm", "first results")
-
-
 def _metrics_files(project: Project) -> dict[str, bytes]:
     """Every file dvc.yaml declares as a metric, with its bytes."""
     import yaml
@@ -252,7 +246,7 @@ def _metrics_files(project: Project) -> dict[str, bytes]:
 
 
 def test_changing_a_train_param_reruns_train_and_evaluate_only(project: Project):
-    _commit(project)
+    project.commit()
     project.set_params(train={"epochs": 1})
     proc = project.sh("dvc", "repro")
     out = proc.stdout
@@ -278,7 +272,7 @@ def test_changing_a_train_param_reruns_train_and_evaluate_only(project: Project)
 
 
 def test_a_fresh_clone_reproduces_the_results_bit_for_bit_and_lands_whole_in_mlflow(project: Project, tmp_path: Path):
-    _commit(project)
+    project.commit()
     arrays, metrics = project.array_md5s(), _metrics_files(project)
     clone = Project(tmp_path / "clone", project.env)
     project.sh("git", "clone", "-q", str(project.root), str(clone.root))
@@ -355,7 +349,7 @@ def test_plots_render(project: Project):
 
 
 def test_bad_param_through_exp_run_is_one_line_and_non_zero(project: Project):
-    _commit(project)
+    project.commit()
     proc = project.sh("dvc", "exp", "run", "--temp", "-S", "train.epochs=0", ok=False)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
@@ -430,7 +424,7 @@ def test_sigterm_during_training_keeps_the_previous_model(project: Project, tmp_
 def test_queued_experiments_in_parallel_all_land_in_the_main_store(queued_experiments: Project):
     # Two experiments on two workers (conftest.py): both ran at once, writing to the one SQLite store.
     project = queued_experiments
-    status = (project.root.parent / "queue-status.txt").read_text()
+    status = project.sh("dvc", "queue", "status").stdout
     assert status.count("Success") >= 2 and "Failed" not in status, status
     names = set(QUEUED)
     # Each experiment's pipeline run is named after it; its stage runs carry its name and params.
