@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,28 +39,33 @@ def class_folders(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def _migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite MLflow store with its tables made but no experiment, once per process: making
-    the tables runs all of MLflow's migrations, seconds of CPU for each store. A copy opened by
-    MLflow makes its own Default experiment, with its artifacts beside the copy."""
+def new_store(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], str]:
+    """``new_store(path)`` puts a new SQLite MLflow store at ``path`` and returns its URI. Each is a
+    copy of one made once per process: making the tables runs all of MLflow's migrations, seconds
+    of CPU for each store. That one has no experiment, so MLflow makes each copy's Default
+    experiment when it opens it, with its artifacts beside the copy."""
     import sqlite3
 
     import mlflow
 
-    db = tmp_path_factory.mktemp("migrated") / "mlflow.db"
-    mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
-    with contextlib.closing(sqlite3.connect(db)) as con, con:
+    made = tmp_path_factory.mktemp("migrated") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{made}").search_experiments()
+    with contextlib.closing(sqlite3.connect(made)) as con, con:
         con.execute("DELETE FROM experiments")
-    return db
+
+    def copy(path: Path) -> str:
+        shutil.copyfile(made, path)
+        return f"sqlite:///{path}"
+
+    return copy
 
 
 @pytest.fixture
-def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _migrated_store: Path) -> str:
-    """A fresh SQLite MLflow store for one test (a copy of ``_migrated_store``)."""
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_store: Callable[[Path], str]) -> str:
+    """A new SQLite MLflow store for one test (:func:`new_store`)."""
     import mlflow
 
-    shutil.copyfile(_migrated_store, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     return uri

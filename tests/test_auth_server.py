@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import urllib.request
 
 import pytest
@@ -36,7 +35,7 @@ def _call(url: str, endpoint: str, body: dict | None, user: str, password: str) 
 
 
 @pytest.fixture(scope="module")
-def locked_server(tmp_path_factory, _migrated_store):
+def locked_server(tmp_path_factory, new_store):
     root = tmp_path_factory.mktemp("locked-server")
     config = root / "auth.ini"
     config.write_text(
@@ -52,8 +51,7 @@ def locked_server(tmp_path_factory, _migrated_store):
         MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PASSWORD,
         MLFLOW_FLASK_SERVER_SECRET_KEY="a-test-secret-key",
     )
-    shutil.copyfile(_migrated_store, root / "runs.db")  # the store's tables made (conftest.py)
-    server = MlflowServer(f"sqlite:///{root / 'runs.db'}", root, env, "--app-name", "basic-auth")
+    server = MlflowServer(new_store(root / "runs.db"), root, env, "--app-name", "basic-auth")
     server.start()
     try:
         _call(server.url, "users/create", {"username": USER, "password": PASSWORD}, "admin", ADMIN_PASSWORD)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -31,9 +30,8 @@ EPOCH_LINE = re.compile(r"epoch \d+/\d+:")
 
 
 @pytest.fixture
-def server(project: Project, tmp_path, _migrated_store):
-    shutil.copyfile(_migrated_store, tmp_path / "server.db")  # the store's tables made (conftest.py)
-    srv = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path, project.env)
+def server(project: Project, tmp_path, new_store):
+    srv = MlflowServer(new_store(tmp_path / "server.db"), tmp_path, project.env)
     srv.start()
     project.env["MLFLOW_TRACKING_URI"] = srv.url
     # No retries inside MLflow's client: each failed call returns at once (the outbox and the
