@@ -217,6 +217,7 @@ def test_closing_a_result_writes_the_pipeline_run_over_the_stage_runs(mlflow_sto
     with tracking.recorder("evaluate", P, inputs=[_data("demo/test", "test")]) as rec:
         rec.record(StageResult(metrics={"test_accuracy": 0.5}, fingerprints={"data": "d1", "model": "m1"}))
     assert not _runs("exp-42")  # the recorder itself writes no pipeline run
+    (pending,) = _runs(lineage.PENDING_NAME)
     assert tracking.close_result(P, rec) == _runs("exp-42")[0].info.run_id
     (pipeline,) = _runs("exp-42")
     assert pipeline.info.status == "FINISHED" and pipeline.data.tags[tracking.TAG_STAGE] == "pipeline"
@@ -243,9 +244,15 @@ def test_closing_a_result_writes_the_pipeline_run_over_the_stage_runs(mlflow_sto
     # Its Duration is the result's: from the first stage's start to the end of the last.
     assert pipeline.info.start_time == stage_runs["augment"].info.start_time
     assert pipeline.info.end_time >= stage_runs["evaluate"].info.end_time
-    # The top level holds the pipeline run and the (now empty) row of runs without a result.
+    # The top level holds the result alone: the emptied row of runs without a result is deleted.
     top = sorted(r.info.run_name for r in _runs() if tracking.TAG_PARENT not in r.data.tags)
-    assert top == ["exp-42", lineage.PENDING_NAME]
+    assert top == ["exp-42"]
+    assert mlflow.get_run(pending.info.run_id).info.lifecycle_stage == "deleted"
+    # The next stage run restores that row (one row, not a new one each time).
+    with tracking.recorder("augment", P) as rec:
+        rec.record(StageResult(fingerprints={"data": "d2"}))
+    assert [r.info.run_id for r in _runs(lineage.PENDING_NAME)] == [pending.info.run_id]
+    assert _runs("augment")[0].data.tags[tracking.TAG_PARENT] == pending.info.run_id
 
 
 def test_stage_runs_without_a_result_sit_under_one_row_that_says_so(mlflow_store: str):
@@ -259,6 +266,41 @@ def test_stage_runs_without_a_result_sit_under_one_row_that_says_so(mlflow_store
     children = [r for r in _runs() if r.data.tags.get(tracking.TAG_PARENT) == pending.info.run_id]
     assert sorted(r.info.run_name for r in children) == ["augment", "augment", "train"]
     assert [r.info.run_name for r in _runs() if tracking.TAG_PARENT not in r.data.tags] == [lineage.PENDING_NAME]
+
+
+def test_the_row_stays_while_a_run_without_a_result_is_under_it(mlflow_store: str):
+    with pytest.raises(RuntimeError), tracking.recorder("train", P):
+        raise RuntimeError("stopped for good")
+    for stage in ("augment", "train", "evaluate"):
+        with tracking.recorder(stage, P) as rec:
+            rec.record(StageResult(metrics={"test_accuracy": 0.5}, fingerprints={"data": "d1", "model": "m1"}))
+    tracking.close_result(P, rec)
+    (pending,) = _runs(lineage.PENDING_NAME)
+    left = [r for r in _runs() if r.data.tags.get(tracking.TAG_PARENT) == pending.info.run_id]
+    assert [(r.info.run_name, r.info.status) for r in left] == [("train", "FAILED")]
+
+
+def test_a_result_closed_as_a_stage_starts_leaves_that_stage_run_shown(mlflow_store: str, monkeypatch):
+    """The row is deleted between a stage naming it and its run starting under it (a result
+    closed by another experiment in that instant): the stage run's row is restored."""
+    with tracking.recorder("augment", P) as rec:
+        rec.record(StageResult(fingerprints={"data": "d1"}))
+    named = lineage.pending_row
+
+    def named_then_retired(experiment_id):
+        pending_id = named(experiment_id)
+        assert lineage.retire_pending_row(experiment_id, pending_id) is False  # augment is under it
+        client = mlflow.MlflowClient()
+        for run in _runs("augment"):
+            client.set_tag(run.info.run_id, tracking.TAG_PARENT, "elsewhere")  # as a closed result would
+        assert lineage.retire_pending_row(experiment_id, pending_id) is True
+        return pending_id
+
+    monkeypatch.setattr(lineage, "pending_row", named_then_retired)
+    with tracking.recorder("train", P) as rec:
+        rec.record(StageResult(fingerprints={"model": "m1"}))
+    (pending,) = _runs(lineage.PENDING_NAME)
+    assert _runs("train")[0].data.tags[tracking.TAG_PARENT] == pending.info.run_id
 
 
 def test_only_a_stage_that_closes_results_can_close_one(mlflow_store: str):

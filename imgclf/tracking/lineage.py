@@ -5,6 +5,8 @@ Every stage run starts under the experiment's :func:`pending_row` ("runs without
 training in progress, interrupted or stopped for good, an augment run on its own. When the
 closing stage finishes, :func:`record_pipeline` writes a *pipeline* run carrying every param that
 shaped the result and the final metrics, and moves the runs of the stages that made it under it.
+The row of runs without a result shows only while it holds one: emptied, it is deleted (MLflow's
+soft delete), and the next stage run restores it.
 Those are found by the fingerprint each stage made (the MD5 of the arrays for augment, of the
 model for train), which their runs carry as tags. A stage that DVC skipped as cached ran no code;
 its earlier run, already under an earlier pipeline run, is then linked by a small child run that
@@ -50,22 +52,64 @@ def find_stage_run(experiment_id: str, stage: str, tag: str, value: str):
     return runs[0] if runs else None
 
 
+def _find_pending(client, experiment_id: str, view: int):
+    """The experiment's oldest "runs without a result" row in MLflow's ``view``, or None."""
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_STAGE}` = '{PENDING}'",
+        run_view_type=view,
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
 def pending_row(experiment_id: str) -> str:
-    """The id of the experiment's "runs without a result" row, made on first use."""
+    """The id of the experiment's "runs without a result" row: the shown one, else the one
+    :func:`retire_pending_row` deleted (restored), else a new one."""
+    from mlflow.entities import ViewType
 
     from imgclf.tracking import store
 
+    client = outage.client()
     with store.exclusive():  # two stages starting at once make one row (on the local store)
-        found = outage.client().search_runs(
-            [experiment_id],
-            filter_string=f"tags.`{TAG_STAGE}` = '{PENDING}'",
-            order_by=["attributes.start_time ASC"],
-            max_results=1,
-        )
-        if found:
-            return found[0].info.run_id
+        if found := _find_pending(client, experiment_id, ViewType.ACTIVE_ONLY):
+            return found
+        if found := _find_pending(client, experiment_id, ViewType.DELETED_ONLY):
+            client.restore_run(found)
+            return found
         tags = {TAG_STAGE: PENDING, "mlflow.note.content": PENDING_NOTE}
         return write_run(experiment_id, PENDING_NAME, tags, {}, {})
+
+
+def keep_pending_row(pending_id: str) -> None:
+    """Restore the row of runs without a result if :func:`retire_pending_row` deleted it after
+    :func:`pending_row` named it and before a stage run started under it."""
+    from imgclf.tracking import store
+
+    client = outage.client()
+    with store.exclusive():
+        if client.get_run(pending_id).info.lifecycle_stage == "deleted":
+            client.restore_run(pending_id)
+
+
+def retire_pending_row(experiment_id: str, pending_id: str) -> bool:
+    """Delete the row of runs without a result if no run is left under it, so the top level of
+    a clean project shows its results alone; return whether it was deleted.
+
+    On the local store it holds the lock that :func:`keep_pending_row` takes once a stage run
+    exists under the row, so the row is deleted before that run starts (and restored then) or
+    not at all. A tracking server has no such lock: a run starting in the same instant may sit
+    under the deleted row until the next stage run restores it."""
+    from imgclf.tracking import store
+
+    client = outage.client()
+    with store.exclusive():
+        left = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{pending_id}'", max_results=1)
+        if left:
+            return False
+        client.delete_run(pending_id)
+        return True
 
 
 def _unclaimed(run, pending_id: str | None) -> bool:
@@ -173,4 +217,5 @@ def record_pipeline(
     client.set_tag(final_run_id, TAG_PARENT, pipeline_id)
     for stage, source in sources.items():
         client.set_tag(pipeline_id, f"imgclf.{stage}_run_id", link_stage_run(pipeline_id, stage, source, pending_id))
+    retire_pending_row(experiment_id, pending_id)
     return pipeline_id

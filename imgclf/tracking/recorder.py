@@ -134,6 +134,7 @@ def recorder(
     runs.close_abandoned(experiment_id, continue_run, dict(discarded or []))
     parent = lineage.pending_row(experiment_id)
     with runs.open_run(stage, experiment_id, p.shaping(stage), continue_run, parent) as run:
+        lineage.keep_pending_row(parent)  # a result closed meanwhile may have deleted it
         rec = Recorder(stage, p, experiment_id, run.info.run_id)
         datasets.log(run.info.run_id, inputs or [])
         rec.seconds = time.perf_counter() - start
