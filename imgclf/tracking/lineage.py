@@ -5,13 +5,14 @@ Every stage run starts under the experiment's :func:`pending_row` ("runs without
 training in progress, interrupted or stopped for good, an augment run on its own. When the
 closing stage finishes, :func:`record_pipeline` writes a *pipeline* run carrying every param that
 shaped the result and the final metrics, and moves the runs of the stages that made it under it.
-The row of runs without a result shows only while it holds one: emptied, it is deleted (MLflow's
-soft delete), and the next stage run restores it.
 Those are found by the fingerprint each stage made (the MD5 of the arrays for augment, of the
 model for train), which their runs carry as tags. A stage that DVC skipped as cached ran no code;
 its earlier run, already under an earlier pipeline run, is then linked by a small child run that
 copies its params and metrics, so every pipeline run shows every stage. The pipeline run starts
 when the first of the stage runs it took started, so its Duration is how long the result took.
+
+The row of runs without a result shows only while it holds one: emptied, it is deleted (MLflow's
+soft delete), and the next stage run restores it.
 """
 
 from __future__ import annotations
