@@ -434,6 +434,10 @@ def test_queued_experiments_in_parallel_all_land_in_the_main_store(queued_experi
     trains = [r for r in project.runs("train") if r.data.tags.get("dvc.exp_name") in names]
     assert len(trains) == 2
     assert sorted(r.data.params["train.learning_rate"] for r in trains) == sorted(QUEUED.values())
+    # Both closed a result at once and left no run without one: the top level is the three
+    # results, the row of runs without a result retired rather than left empty.
+    top = sorted(r.info.run_name for r in project.runs() if tracking.TAG_PARENT not in r.data.tags)
+    assert top == sorted(["pipeline", *names])
     # They ran in DVC's temporary copies (as `dvc exp run --temp` does), yet their store and
     # artifacts are the main project's, not the deleted copies'.
     assert all(r.info.artifact_uri.startswith((project.root / "mlartifacts").as_uri()) for r in trains)

@@ -54,6 +54,7 @@ def test_runs_table_chart_view_and_compare_view_show_two_pipeline_runs(
 
     # The runs table: both results, their data, the params that differ and the test metrics.
     assert "pipeline" in views.runs_table and name in views.runs_table
+    assert "runs without a result" not in views.runs_table  # no empty row beside the results
     for column in ("train.learning_rate", "test_accuracy", "best_epoch"):
         assert column in views.runs_table, column
     assert QUEUED[name] in views.runs_table
