@@ -434,8 +434,8 @@ def test_queued_experiments_in_parallel_all_land_in_the_main_store(queued_experi
     trains = [r for r in project.runs("train") if r.data.tags.get("dvc.exp_name") in names]
     assert len(trains) == 2
     assert sorted(r.data.params["train.learning_rate"] for r in trains) == sorted(QUEUED.values())
-    # Both closed a result at once and left no run without one: the top level is the three
-    # results, the row of runs without a result retired rather than left empty.
+    # Both closed a result and left no run without one: the top level is the three results,
+    # the row of runs without a result retired rather than left empty.
     top = sorted(r.info.run_name for r in project.runs() if tracking.TAG_PARENT not in r.data.tags)
     assert top == sorted(["pipeline", *names])
     # They ran in DVC's temporary copies (as `dvc exp run --temp` does), yet their store and

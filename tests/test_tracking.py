@@ -12,7 +12,7 @@ import pytest
 from imgclf import tracking
 from imgclf.core.errors import PipelineError
 from imgclf.core.params import parse
-from imgclf.tracking import lineage, outage, runs, system
+from imgclf.tracking import lineage, outage, runs, store, system
 from imgclf.tracking.result import DataInput, StageResult
 
 from .helpers import list_runs
@@ -301,6 +301,34 @@ def test_a_result_closed_as_a_stage_starts_leaves_that_stage_run_shown(mlflow_st
         rec.record(StageResult(fingerprints={"model": "m1"}))
     (pending,) = _runs(lineage.PENDING_NAME)
     assert _runs("train")[0].data.tags[tracking.TAG_PARENT] == pending.info.run_id
+
+
+def test_a_stage_run_starting_as_the_row_is_retired_keeps_it(mlflow_store: str, monkeypatch):
+    """A stage run appears under the row between the retirement's look and its delete (before
+    that run's own check): the retirement's second look restores the row."""
+    exp_id = tracking.setup(EXP)
+    pending = lineage.pending_row(exp_id)
+    looks = []
+    holds = lineage._holds_runs
+
+    def a_run_starts_after_the_first_look(client, experiment_id, pending_id):
+        held = holds(client, experiment_id, pending_id)
+        if not looks:
+            runs.write_run(experiment_id, "train", {tracking.TAG_PARENT: pending_id}, {}, {})
+        looks.append(held)
+        return held
+
+    monkeypatch.setattr(lineage, "_holds_runs", a_run_starts_after_the_first_look)
+    assert lineage.retire_pending_row(exp_id, pending) is False
+    assert looks == [False, True]
+    assert [r.info.run_id for r in _runs(lineage.PENDING_NAME)] == [pending]
+
+
+def test_only_a_tracking_server_keeps_the_row_for_good():
+    assert store.is_server("http://mlflow.example:5000") and store.is_server("https://h/x")
+    assert not store.is_server("sqlite:////tmp/mlflow.db")
+    assert not store.is_server("postgresql://u@db/mlflow")
+    assert not store.is_server("/tmp/mlruns")
 
 
 def test_only_a_stage_that_closes_results_can_close_one(mlflow_store: str):

@@ -11,8 +11,8 @@ its earlier run, already under an earlier pipeline run, is then linked by a smal
 copies its params and metrics, so every pipeline run shows every stage. The pipeline run starts
 when the first of the stage runs it took started, so its Duration is how long the result took.
 
-The row of runs without a result shows only while it holds one: emptied, it is deleted (MLflow's
-soft delete), and the next stage run restores it.
+Unless the store is a tracking server, the row of runs without a result shows only while it
+holds one: emptied, it is deleted (MLflow's soft delete), and the next stage run restores it.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def _find_pending(client, experiment_id: str, view: int):
 
 
 def pending_row(experiment_id: str) -> str:
-    """The id of the experiment's "runs without a result" row: the shown one, else the one
-    :func:`retire_pending_row` deleted (restored), else a new one."""
+    """The id of the experiment's "runs without a result" row: the shown one, else (not on a
+    tracking server) the one :func:`retire_pending_row` deleted, restored, else a new one."""
     from mlflow.entities import ViewType
 
     from imgclf.tracking import store
@@ -76,41 +76,57 @@ def pending_row(experiment_id: str) -> str:
     with store.exclusive():  # two stages starting at once make one row (on the local store)
         if found := _find_pending(client, experiment_id, ViewType.ACTIVE_ONLY):
             return found
-        if found := _find_pending(client, experiment_id, ViewType.DELETED_ONLY):
+        if not store.is_server() and (found := _find_pending(client, experiment_id, ViewType.DELETED_ONLY)):
             client.restore_run(found)
             return found
         tags = {TAG_STAGE: PENDING, "mlflow.note.content": PENDING_NOTE}
         return write_run(experiment_id, PENDING_NAME, tags, {}, {})
 
 
+def _holds_runs(client, experiment_id: str, pending_id: str) -> bool:
+    return bool(client.search_runs([experiment_id], f"tags.`{TAG_PARENT}` = '{pending_id}'", max_results=1))
+
+
 def keep_pending_row(pending_id: str) -> None:
-    """Restore the row of runs without a result if :func:`retire_pending_row` deleted it after
-    :func:`pending_row` named it and before a stage run started under it."""
+    """Restore the row of runs without a result if a result closed elsewhere deleted it while a
+    stage run started under it (called once that run exists; see :func:`retire_pending_row`)."""
+    from mlflow.exceptions import MlflowException
+
     from imgclf.tracking import store
 
+    if store.is_server():
+        return
     client = outage.client()
-    with store.exclusive():
-        if client.get_run(pending_id).info.lifecycle_stage == "deleted":
-            client.restore_run(pending_id)
+    try:
+        deleted = client.get_run(pending_id).info.lifecycle_stage == "deleted"
+    except MlflowException:  # purged by `mlflow gc`: the next stage run makes a new row
+        return
+    if deleted:
+        client.restore_run(pending_id)
 
 
 def retire_pending_row(experiment_id: str, pending_id: str) -> bool:
     """Delete the row of runs without a result if no run is left under it, so the top level of
-    a clean project shows its results alone; return whether it was deleted.
+    a clean project shows its results alone; return whether it stays deleted.
 
-    On the local store it holds the lock that :func:`keep_pending_row` takes once a stage run
-    exists under the row, so the row is deleted before that run starts (and restored then) or
-    not at all. A tracking server has no such lock: a run starting in the same instant may sit
-    under the deleted row until the next stage run restores it."""
+    Only on a store this process writes itself (SQLite, a database): on a tracking server,
+    deleting and restoring a run takes the MANAGE permission, which a team server does not give
+    every user, so the row stays there.
+    A stage run starting meanwhile is never left under a deleted row, with no lock needed: it
+    exists before :func:`keep_pending_row` looks at the row, and the row is deleted before this
+    looks again for runs under it, so one of the two sees the other and restores the row."""
     from imgclf.tracking import store
 
+    if store.is_server():
+        return False
     client = outage.client()
-    with store.exclusive():
-        left = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{pending_id}'", max_results=1)
-        if left:
-            return False
-        client.delete_run(pending_id)
-        return True
+    if _holds_runs(client, experiment_id, pending_id):
+        return False
+    client.delete_run(pending_id)
+    if _holds_runs(client, experiment_id, pending_id):
+        client.restore_run(pending_id)
+        return False
+    return True
 
 
 def _unclaimed(run, pending_id: str | None) -> bool:

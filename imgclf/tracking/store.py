@@ -49,6 +49,12 @@ def shown_uri(uri: str | None = None) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
+def is_server(uri: str | None = None) -> bool:
+    """Whether the store at ``uri`` (by default the one in use) is a tracking server, reached
+    over HTTP with its own permissions, rather than a database this process writes itself."""
+    return urllib.parse.urlsplit(uri or tracking_uri()).scheme in ("http", "https", "databricks", "databricks-uc")
+
+
 def _is_default_store(uri: str) -> bool:
     return uri == f"sqlite:///{default_store()}"
 
