@@ -324,6 +324,12 @@ def test_a_stage_run_starting_as_the_row_is_retired_keeps_it(mlflow_store: str, 
     assert [r.info.run_id for r in _runs(lineage.PENDING_NAME)] == [pending]
 
 
+def test_a_row_purged_meanwhile_is_left_to_the_next_stage_run(mlflow_store: str):
+    tracking.setup(EXP)
+    lineage.keep_pending_row("0" * 32)  # no such run (`mlflow gc` purged it): no error
+    assert not _runs(lineage.PENDING_NAME)
+
+
 def test_only_a_tracking_server_keeps_the_row_for_good():
     assert store.is_server("http://mlflow.example:5000") and store.is_server("https://h/x")
     assert not store.is_server("sqlite:////tmp/mlflow.db")

@@ -99,8 +99,10 @@ def keep_pending_row(pending_id: str) -> None:
     client = outage.client()
     try:
         deleted = client.get_run(pending_id).info.lifecycle_stage == "deleted"
-    except MlflowException:  # purged by `mlflow gc`: the next stage run makes a new row
-        return
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return  # purged by `mlflow gc`: the next stage run makes a new row
+        raise
     if deleted:
         client.restore_run(pending_id)
 
