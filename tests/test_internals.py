@@ -52,3 +52,25 @@ def test_another_version_takes_the_public_way_after_one_warning(monkeypatch, cap
         assert len([w for w in warned if w.startswith("keras ")]) == 1, warned
     finally:
         internals.matches.cache_clear()
+
+
+@pytest.mark.slow  # a fresh process that imports TensorFlow
+def test_tensorflow_starts_without_keras_extras_and_they_import_afterwards():
+    import subprocess
+    import sys
+
+    from .helpers import ROOT
+
+    code = (
+        "import sys\n"
+        "from imgclf.core import internals\n"
+        "with internals.without_keras_extras():\n"
+        "    import keras, tensorflow\n"
+        "print(sorted(name for name in internals.KERAS_EXTRAS if name in sys.modules))\n"
+        "import matplotlib.pyplot, pandas, sklearn.metrics\n"  # importable again, as evaluate needs
+        "from keras.src.wrappers import fixes\n"
+        "print(fixes.sklearn is None, keras.Sequential.__name__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == ["[]", "True Sequential"], proc.stdout

@@ -122,7 +122,8 @@ def exit_fast(code: int) -> None:
 def start_tensorflow_quietly() -> None:
     """Import TensorFlow and find its devices with file descriptor 2 caught in a file; then pass
     on every line of it but the start-up chatter
-    (:data:`~imgclf.core.internals.TF_STARTUP_CHATTER`). Call it before any
+    (:data:`~imgclf.core.internals.TF_STARTUP_CHATTER`), Keras's optional imports left out
+    (:func:`~imgclf.core.internals.without_keras_extras`). Call it before any
     other TensorFlow work: listing physical devices leaves them, and a multi-worker strategy,
     still to be set up."""
     import tempfile
@@ -132,7 +133,8 @@ def start_tensorflow_quietly() -> None:
     with tempfile.TemporaryFile() as caught:
         os.dup2(caught.fileno(), 2)
         try:
-            import tensorflow as tf
+            with internals.without_keras_extras():
+                import tensorflow as tf
 
             tf.config.list_physical_devices()
         finally:
