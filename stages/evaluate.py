@@ -82,4 +82,4 @@ def evaluate(p: Params, data: Prepared, model) -> StageResult:
 
 
 if __name__ == "__main__":
-    main("evaluate", run, tensorflow=True)
+    main("evaluate", run, tensorflow=True, check=lambda: load(paths.PARAMS))

@@ -91,4 +91,4 @@ def save(trained: Trained, data: Prepared, run_id: str) -> StageResult:
 
 
 if __name__ == "__main__":
-    main("train", run, tensorflow=True)
+    main("train", run, tensorflow=True, check=lambda: load(paths.PARAMS))

@@ -44,6 +44,19 @@ def test_failures_end_in_one_line_and_an_exit_code(capsys, monkeypatch, exc, cod
     assert not any("Traceback" in line for line in err)
 
 
+def test_bad_params_fail_before_tensorflow_starts(capsys, monkeypatch):
+    from imgclf.console import cli
+
+    started, ran = [], []
+    monkeypatch.setattr(cli, "start_tensorflow_quietly", lambda: started.append(1))
+    bad = _raise(PipelineError("params.yaml: 'train.epochs' must be greater than or equal to 1 (got 0)"))
+    assert run_stage("train", lambda: ran.append(1), tensorflow=True, check=bad) == 2
+    assert (started, ran) == ([], [])
+    assert capsys.readouterr().err.strip().endswith("'train.epochs' must be greater than or equal to 1 (got 0)")
+    assert run_stage("train", lambda: ran.append(1), tensorflow=True, check=lambda: None) == 0
+    assert (started, ran) == ([1], [1])
+
+
 def _lose_a_ctrl_c() -> None:
     """Ctrl-C whose KeyboardInterrupt is swallowed, as in a finalizer or a weakref callback."""
     import os

@@ -35,13 +35,19 @@ def setup_logging() -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
-def run_stage(name: str, body: Callable[[], None], tensorflow: bool = False) -> int:
+def run_stage(
+    name: str, body: Callable[[], None], tensorflow: bool = False, check: Callable[[], object] | None = None
+) -> int:
     """Run one stage's body and turn its outcome into an exit code; ``tensorflow``: the stage
-    uses it, so start it first without its start-up chatter."""
+    uses it, so start it first without its start-up chatter; ``check``: a quick look at the
+    input (the params) before that, so that a mistake there fails in a second, not after the
+    seconds TensorFlow takes to start."""
     setup_logging()
     interrupt.install()
     debug = os.environ.get("IMGCLF_DEBUG", "") not in ("", "0")
     try:
+        if check is not None:
+            check()
         if tensorflow:
             start_tensorflow_quietly()
         body()
@@ -89,7 +95,9 @@ def describe_os_error(err: OSError) -> str:
     return f"cannot write {where}{hint}" if err.errno in _OS_HINTS else f"{where}{hint}"
 
 
-def main(name: str, body: Callable[[], None], tensorflow: bool = False) -> None:
+def main(
+    name: str, body: Callable[[], None], tensorflow: bool = False, check: Callable[[], object] | None = None
+) -> None:
     """Run a stage as a program, then leave without Python's slow teardown.
 
     Python frees every object of every imported module one by one at exit, which takes a
@@ -97,7 +105,7 @@ def main(name: str, body: Callable[[], None], tensorflow: bool = False) -> None:
     at once. Everything that matters still happens first: other threads are joined, the exit
     handlers run (so MLflow closes its runs and queues) and the standard streams are flushed.
     """
-    code = run_stage(name, body, tensorflow)
+    code = run_stage(name, body, tensorflow, check)
     exit_fast(code)
 
 
