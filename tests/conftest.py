@@ -144,6 +144,8 @@ def queued_experiments(built_template: Project, tmp_path_factory, worker_id: str
     run (:func:`_shared_build`) for the tests that read them (mark them
     ``xdist_group("queued")``). READ-ONLY."""
 
+    from mlflow.exceptions import MlflowException
+
     def build(root: Path) -> None:
         p = copy_project(built_template, root)
         p.commit()
@@ -155,7 +157,11 @@ def queued_experiments(built_template: Project, tmp_path_factory, worker_id: str
         deadline = time.monotonic() + 480  # then the tests find them unfinished in `dvc queue status`
         asked = 0.0
         while time.monotonic() < deadline:
-            results = {r.info.run_name for r in p.runs() if r.info.run_name in QUEUED and r.info.status == "FINISHED"}
+            try:
+                runs = p.runs()
+            except MlflowException:  # a store busy being written: `dvc queue status` decides meanwhile
+                runs = []
+            results = {r.info.run_name for r in runs if r.info.run_name in QUEUED and r.info.status == "FINISHED"}
             if len(results) == len(QUEUED) or time.monotonic() - asked > 30:
                 status, asked = p.sh("dvc", "queue", "status").stdout, time.monotonic()
                 if "Queued" not in status and "Running" not in status:

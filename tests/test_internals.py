@@ -65,8 +65,10 @@ def test_tensorflow_starts_without_keras_extras_and_they_import_afterwards():
         "import sys\n"
         "from imgclf.core import internals\n"
         "with internals.without_keras_extras():\n"
-        "    import keras, tensorflow\n"
+        "    import tensorflow\n"  # as the stages do: TensorFlow imports Keras, quietly on failure
         "print(sorted(name for name in internals.KERAS_EXTRAS if name in sys.modules))\n"
+        "import keras\n"
+        "assert 'keras.src.optimizers' in sys.modules, 'TensorFlow left Keras half-loaded'\n"
         "import matplotlib.pyplot, pandas, sklearn.metrics\n"  # importable again, as evaluate needs
         "from keras.src.wrappers import fixes\n"
         "print(fixes.sklearn is None, keras.Sequential.__name__)\n"

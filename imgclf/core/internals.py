@@ -11,9 +11,9 @@ library     internal, and what it is for                           on another ve
 keras       Adam's ``_momentums``, ``_velocities``,                Keras's own update (a dozen
             ``_get_variable_index``: the fused Adam update          element-wise ops a variable)
             (:func:`imgclf.training.model.fuse_adam`)
-keras       which modules it imports only for optional features,    it imports them (about 2 s of
-            each in ``try``/``except ImportError``: left out while  CPU at every stage's start)
-            TensorFlow starts (:func:`without_keras_extras`)
+keras       which modules it imports only for optional features,    it imports them (about 1.5 s
+            each in ``try``/``except ImportError``: left out while  of CPU at a train stage's
+            TensorFlow starts (:func:`without_keras_extras`)        start)
 python      ``threading._shutdown``: threading's exit hooks before  joining the other threads only
             a fast exit (:func:`imgclf.console.cli.exit_fast`)
 tensorflow  the shape of its C++ start-up lines                     unknown lines are passed on
@@ -71,9 +71,10 @@ def adam_slots(optimizer, variable) -> tuple:
 
 # What Keras imports as TensorFlow starts only to offer features the pipeline does not use, each
 # in a ``try``/``except ImportError`` that turns the feature off: scikit-learn for its wrappers
-# (``keras.wrappers``; it brings SciPy), pandas for DataFrame inputs to ``fit``, pyplot for
-# ``keras.visualization``. About 2 s of CPU of TensorFlow's 7 s import on a 2-core machine
-# (``python -X importtime -c "import tensorflow"``).
+# (``keras.wrappers``), pandas for DataFrame inputs to ``fit``, pyplot for ``keras.visualization``.
+# About 2 s of CPU of TensorFlow's 7 s import on a 2-core machine (``python -X importtime -c
+# "import tensorflow"``); about 1.5 s of a train stage (MLflow imports pandas anyway). The
+# evaluate stage and the study processes import scikit-learn before TensorFlow: no saving there.
 KERAS_EXTRAS = ("sklearn", "pandas", "matplotlib.pyplot")
 
 
@@ -82,7 +83,8 @@ def without_keras_extras() -> Iterator[None]:
     """Within the block, Keras's optional imports (:data:`KERAS_EXTRAS`) fail, so importing
     TensorFlow (and Keras with it) skips them; afterwards each is importable again as usual (the
     evaluate stage uses scikit-learn and pyplot itself). Only the Keras features named there stay
-    off in this process. On another Keras version the block changes nothing."""
+    off in this process. The block holds for the whole process: enter it before any other thread
+    starts. On another Keras version it changes nothing."""
     blocked = [name for name in KERAS_EXTRAS if name not in sys.modules] if matches("keras") else []
     for name in blocked:
         sys.modules[name] = None  # the import system's mark for "import fails"
