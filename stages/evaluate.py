@@ -12,7 +12,7 @@ from imgclf.console.cli import main
 from imgclf.core import paths
 from imgclf.core.fileio import atomic_path, md5_file, write_json, write_text
 from imgclf.core.history import read_history_csv
-from imgclf.core.params import Params, load
+from imgclf.core.params import Params
 from imgclf.core.prepared import Prepared, fingerprint, load_prepared
 from imgclf.core.saved_model import load_model
 from imgclf.evaluation.scoring import (
@@ -40,8 +40,7 @@ REPORT_FILES = (
 )
 
 
-def run() -> None:
-    p = load(paths.PARAMS)
+def run(p: Params) -> None:
     data = load_prepared(paths.PREPARED_DIR)
     model = load_model(paths.MODEL)
     inputs = split_inputs(paths.PREPARED_DIR, data, ("test",), paths.resolve(p.data.source).name)
@@ -82,4 +81,4 @@ def evaluate(p: Params, data: Prepared, model) -> StageResult:
 
 
 if __name__ == "__main__":
-    main("evaluate", run, tensorflow=True, check=lambda: load(paths.PARAMS))
+    main("evaluate", run, tensorflow=True, params=paths.PARAMS)

@@ -17,7 +17,7 @@ from imgclf.console.cli import main
 from imgclf.core import paths
 from imgclf.core.fileio import atomic_path, md5_file, write_json, write_text
 from imgclf.core.history import history_csv
-from imgclf.core.params import load
+from imgclf.core.params import Params
 from imgclf.core.prepared import LABELS_FILE, Prepared, fingerprint, load_prepared
 from imgclf.tracking.inputs import split_inputs
 from imgclf.tracking.models import fetch_model
@@ -30,8 +30,7 @@ from imgclf.training.origin import resolve
 log = logging.getLogger("train")
 
 
-def run() -> None:
-    p = load(paths.PARAMS)
+def run(p: Params) -> None:
     data = load_prepared(paths.PREPARED_DIR)
     check_monitor(p.train, data)
     chief = p.train.strategy != "multi_worker" or is_chief()
@@ -91,4 +90,4 @@ def save(trained: Trained, data: Prepared, run_id: str) -> StageResult:
 
 
 if __name__ == "__main__":
-    main("train", run, tensorflow=True, check=lambda: load(paths.PARAMS))
+    main("train", run, tensorflow=True, params=paths.PARAMS)

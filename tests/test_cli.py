@@ -44,17 +44,19 @@ def test_failures_end_in_one_line_and_an_exit_code(capsys, monkeypatch, exc, cod
     assert not any("Traceback" in line for line in err)
 
 
-def test_bad_params_fail_before_tensorflow_starts(capsys, monkeypatch):
+def test_bad_params_fail_before_tensorflow_starts(capsys, monkeypatch, tmp_path):
     from imgclf.console import cli
 
     started, ran = [], []
     monkeypatch.setattr(cli, "start_tensorflow_quietly", lambda: started.append(1))
-    bad = _raise(PipelineError("params.yaml: 'train.epochs' must be greater than or equal to 1 (got 0)"))
-    assert run_stage("train", lambda: ran.append(1), tensorflow=True, check=bad) == 2
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  epochs: 0\n")
+    assert run_stage("train", lambda p: ran.append(p), tensorflow=True, params=params) == 2
     assert (started, ran) == ([], [])
     assert capsys.readouterr().err.strip().endswith("'train.epochs' must be greater than or equal to 1 (got 0)")
-    assert run_stage("train", lambda: ran.append(1), tensorflow=True, check=lambda: None) == 0
-    assert (started, ran) == ([1], [1])
+    params.write_text("train:\n  epochs: 3\n")
+    assert run_stage("train", lambda p: ran.append(p.train.epochs), tensorflow=True, params=params) == 0
+    assert (started, ran) == ([1], [3])
 
 
 def _lose_a_ctrl_c() -> None:

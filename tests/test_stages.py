@@ -215,7 +215,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_rerun_resumes_fr
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
     capsys.readouterr()
-    assert run_stage("train", train.run) == 2
+    assert run_stage("train", train.run, params=paths.PARAMS) == 2
     line = _last_line(capsys)
     folder = next((workspace.root / "ckpts").glob("train-*"))
     assert line.startswith(f"error: train: no space left for a checkpoint in {folder}: one takes about "), line
@@ -225,7 +225,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_the_rerun_resumes_fr
     assert (folder / STATE_FILE).exists()
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", real)
-    assert run_stage("train", train.run) == 0
+    assert run_stage("train", train.run, params=paths.PARAMS) == 0
     assert "resuming from epoch 2" in capsys.readouterr().err
     (run,) = _runs("train")
     assert run.info.status == "FINISHED"
@@ -241,7 +241,7 @@ def test_unreachable_tracking_server_fails_before_training(workspace, capsys, mo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("IMGCLF_TRACKING_WAIT", "0")
-    assert run_stage("train", train.run) == 2
+    assert run_stage("train", train.run, params=paths.PARAMS) == 2
     line = _last_line(capsys)
     assert "http://127.0.0.1:9" in line and "connection refused" in line
     assert not paths.MODEL.exists()

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from imgclf.console import interrupt
 from imgclf.core import internals
@@ -35,22 +36,23 @@ def setup_logging() -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
-def run_stage(
-    name: str, body: Callable[[], None], tensorflow: bool = False, check: Callable[[], object] | None = None
-) -> int:
-    """Run one stage's body and turn its outcome into an exit code; ``tensorflow``: the stage
-    uses it, so start it first without its start-up chatter; ``check``: a quick look at the
-    input (the params) before that, so that a mistake there fails in a second, not after the
-    seconds TensorFlow takes to start."""
+def run_stage(name: str, body: Callable[..., None], tensorflow: bool = False, params: Path | None = None) -> int:
+    """Run one stage's body and turn its outcome into an exit code; ``params``: the params file
+    to read first and hand to the body, so that a mistake there fails in a second; then
+    ``tensorflow``: the stage uses it, so start it without its start-up chatter."""
     setup_logging()
     interrupt.install()
     debug = os.environ.get("IMGCLF_DEBUG", "") not in ("", "0")
     try:
-        if check is not None:
-            check()
+        if params is not None:
+            from imgclf.core.params import load
+
+            args = (load(params),)
+        else:
+            args = ()
         if tensorflow:
             start_tensorflow_quietly()
-        body()
+        body(*args)
         return 0
     except KeyboardInterrupt:
         pass
@@ -95,9 +97,7 @@ def describe_os_error(err: OSError) -> str:
     return f"cannot write {where}{hint}" if err.errno in _OS_HINTS else f"{where}{hint}"
 
 
-def main(
-    name: str, body: Callable[[], None], tensorflow: bool = False, check: Callable[[], object] | None = None
-) -> None:
+def main(name: str, body: Callable[..., None], tensorflow: bool = False, params: Path | None = None) -> None:
     """Run a stage as a program, then leave without Python's slow teardown.
 
     Python frees every object of every imported module one by one at exit, which takes a
@@ -105,7 +105,7 @@ def main(
     at once. Everything that matters still happens first: other threads are joined, the exit
     handlers run (so MLflow closes its runs and queues) and the standard streams are flushed.
     """
-    code = run_stage(name, body, tensorflow, check)
+    code = run_stage(name, body, tensorflow, params)
     exit_fast(code)
 
 

@@ -52,7 +52,7 @@ def shown_uri(uri: str | None = None) -> str:
 def is_server(uri: str | None = None) -> bool:
     """Whether the store at ``uri`` (by default the one in use) is a tracking server, reached
     over HTTP with its own permissions, rather than a database this process writes itself."""
-    return urllib.parse.urlsplit(uri or tracking_uri()).scheme in ("http", "https", "databricks", "databricks-uc")
+    return urllib.parse.urlsplit(uri or tracking_uri()).scheme in ("http", "https", "databricks")
 
 
 def _is_default_store(uri: str) -> bool:
