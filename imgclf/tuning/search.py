@@ -13,7 +13,9 @@ beside the MLflow store at the main repository (``DVC_ROOT``), or any SQLAlchemy
 (``postgresql://...`` for several machines). ``--trials`` is the study's budget of finished
 (complete or pruned) trials, shared by every process working on it. A process that dies leaves
 its trial running; once its heartbeat is older than ``tune.stale_after`` seconds, the next trial
-started anywhere marks it failed and queues its params again.
+started anywhere marks it failed and queues its params again (one that died before its first
+heartbeat: :func:`~imgclf.tuning.storage.fail_unstarted`, as a process opens the study or ends a
+trial).
 
 One process's part, in the order ``stages/tune.py`` calls it: :func:`open_search` (check, load,
 open the storage, the study and its MLflow run), :func:`optimize` (trials until the budget),
@@ -65,6 +67,7 @@ class Search:
     url: str  # the storage's URL
     run_id: str  # the study's MLflow run
     finished: int  # trials finished when this process joined
+    storage: Any  # the Optuna storage, with its heartbeats
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,12 @@ def open_search(p: Params, o: Options) -> Search:
     url = stored.storage_url(o.storage)
     storage = stored.open_storage(url, p.tune.stale_after)
     study = stored.open_study(p, o.study, o.resume, o.enqueue, storage, url)
+    stored.fail_unstarted(study, storage, p.tune.stale_after)
     run_id = _study_run(p, o, study, url)
     finished = sum(stored.counts(study)[k.lower()] for k in stored.FINISHED)
     sampler, pruner = sampler_and_pruner(p, o.worker, finished)
     study = optuna.load_study(study_name=o.study, storage=storage, sampler=sampler, pruner=pruner)
-    return Search(p, o, data, study, url, run_id, finished)
+    return Search(p, o, data, study, url, run_id, finished, storage)
 
 
 def _study_run(p: Params, o: Options, study, url: str) -> str:
@@ -148,6 +152,7 @@ def optimize(s: Search) -> None:
 
     def after_trial(study, trial) -> None:
         tracked.update_study(s.run_id, *study_figures(s.p, study), step=trial.number)
+        stored.fail_unstarted(study, s.storage, s.p.tune.stale_after)  # one too young when the study opened
 
     budget = optuna.study.MaxTrialsCallback(
         s.o.trials, states=tuple(optuna.trial.TrialState[state] for state in stored.FINISHED)

@@ -64,7 +64,7 @@ def open_storage(url: str, stale_after: int):
         run_id = trial.user_attrs.get(ATTR_RUN)
         if run_id:
             tracked.end_trial(run_id, "FAIL", status="KILLED")
-        log.warning("trial %d stopped sending heartbeats: marked failed, its params queued again", trial.number)
+        log.warning("trial %d's process is gone: marked failed, its params queued again", trial.number)
         retry(study, trial)
 
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
@@ -84,6 +84,30 @@ def open_storage(url: str, stale_after: int):
                 continue
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise PipelineError(f"cannot open the study storage {shown(url)}: {first} (fix --storage)") from None
+
+
+def fail_unstarted(study, storage, stale_after: int) -> int:
+    """Fail the trials a killed process left RUNNING before their first heartbeat; how many.
+
+    Optuna's stale check passes over a trial that never sent a heartbeat, so a process killed
+    between creating a trial and its heartbeat thread's first beat would leave it RUNNING for
+    good. A trial that began over ``stale_after`` seconds ago and never reached the objective
+    (which names its worker first thing) is as dead: it gets what a stale trial gets (the
+    storage's stale-trial callback: marked failed, its params queued again).
+    """
+    from datetime import datetime, timedelta
+
+    from optuna.trial import TrialState
+
+    cutoff = datetime.now() - timedelta(seconds=stale_after)  # Optuna's start times: local, naive
+    failed = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if ATTR_WORKER in trial.user_attrs or trial.datetime_start is None or trial.datetime_start > cutoff:
+            continue
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        storage.get_heartbeat_stale_trial_callback()(study, trial)
+        failed += 1
+    return failed
 
 
 def settings(p: Params) -> dict[str, Any]:
