@@ -152,6 +152,7 @@ def test_a_space_over_models_sets_what_does_not_apply_to_a_trials_model_back():
     assert (cnn.train.conv_filters, cnn.train.init, cnn.train.fine_tune.frozen_epochs) == ([16, 32], "none", 2)
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # heartbeats, as the stage has them
 def test_a_trial_left_running_before_its_first_heartbeat_is_failed_and_queued_again(tmp_path):
     import time
 
