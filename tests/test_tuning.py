@@ -156,19 +156,19 @@ def test_a_space_over_models_sets_what_does_not_apply_to_a_trials_model_back():
 def test_a_trial_left_running_before_its_first_heartbeat_is_failed_and_queued_again(tmp_path):
     import time
 
-    stored = storage.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", stale_after=2)
+    stored = storage.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", stale_after=1)
     study = optuna.create_study(study_name="s", storage=stored)
     orphan = study.ask()  # its process killed before the heartbeat thread's first beat
     working = study.ask()
     working.set_user_attr(storage.ATTR_WORKER, "0")  # it reached the objective: its heartbeats decide
-    assert storage.fail_unstarted(study, stored, stale_after=1) == 0  # too young to tell
+    assert storage.fail_unstarted(study, stored) == 0  # too young to tell
     time.sleep(1.2)
     optuna.storages.fail_stale_trials(study)  # Optuna's own check passes over a trial with no heartbeat
     assert study.trials[orphan.number].state.name == "RUNNING"
 
-    assert storage.fail_unstarted(study, stored, stale_after=1) == 1
+    assert storage.fail_unstarted(study, stored) == 1
     states = {t.number: t.state.name for t in study.trials}
     assert (states[orphan.number], states[working.number]) == ("FAIL", "RUNNING")
     queued = [t for t in study.trials if t.state.name == "WAITING"]
     assert [t.system_attrs["failed_trial"] for t in queued] == [orphan.number]
-    assert storage.fail_unstarted(study, stored, stale_after=1) == 0  # once
+    assert storage.fail_unstarted(study, stored) == 0  # once

@@ -97,7 +97,7 @@ def open_search(p: Params, o: Options) -> Search:
     url = stored.storage_url(o.storage)
     storage = stored.open_storage(url, p.tune.stale_after)
     study = stored.open_study(p, o.study, o.resume, o.enqueue, storage, url)
-    stored.fail_unstarted(study, storage, p.tune.stale_after)
+    stored.fail_unstarted(study, storage)
     run_id = _study_run(p, o, study, url)
     finished = sum(stored.counts(study)[k.lower()] for k in stored.FINISHED)
     sampler, pruner = sampler_and_pruner(p, o.worker, finished)
@@ -152,7 +152,7 @@ def optimize(s: Search) -> None:
 
     def after_trial(study, trial) -> None:
         tracked.update_study(s.run_id, *study_figures(s.p, study), step=trial.number)
-        stored.fail_unstarted(study, s.storage, s.p.tune.stale_after)  # one too young when the study opened
+        stored.fail_unstarted(study, s.storage)  # one too young when the study opened
 
     budget = optuna.study.MaxTrialsCallback(
         s.o.trials, states=tuple(optuna.trial.TrialState[state] for state in stored.FINISHED)

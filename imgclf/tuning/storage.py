@@ -86,20 +86,21 @@ def open_storage(url: str, stale_after: int):
             raise PipelineError(f"cannot open the study storage {shown(url)}: {first} (fix --storage)") from None
 
 
-def fail_unstarted(study, storage, stale_after: int) -> int:
+def fail_unstarted(study, storage) -> int:
     """Fail the trials a killed process left RUNNING before their first heartbeat; how many.
 
     Optuna's stale check passes over a trial that never sent a heartbeat, so a process killed
     between creating a trial and its heartbeat thread's first beat would leave it RUNNING for
-    good. A trial that began over ``stale_after`` seconds ago and never reached the objective
-    (which names its worker first thing) is as dead: it gets what a stale trial gets (the
-    storage's stale-trial callback: marked failed, its params queued again).
+    good. A trial that began longer ago than the storage's grace period (``tune.stale_after``,
+    :func:`open_storage`) and never reached the objective (which names its worker first thing)
+    is as dead: it gets what a stale trial gets (the storage's stale-trial callback: marked
+    failed, its params queued again).
     """
     from datetime import datetime, timedelta
 
     from optuna.trial import TrialState
 
-    cutoff = datetime.now() - timedelta(seconds=stale_after)  # Optuna's start times: local, naive
+    cutoff = datetime.now() - timedelta(seconds=storage.grace_period)  # Optuna's start times: local, naive
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if ATTR_WORKER in trial.user_attrs or trial.datetime_start is None or trial.datetime_start > cutoff:
