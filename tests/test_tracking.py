@@ -414,6 +414,69 @@ def test_system_metrics_pace_suits_short_and_long_stages():
     assert 500 < points(10 * 3600) < 1000  # a point a minute after the first hour
 
 
+def test_a_child_process_that_ends_as_it_is_listed_is_skipped(monkeypatch):
+    import subprocess
+    import sys
+
+    import psutil
+
+    monitor = system._process_monitor()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        reading = psutil.Process.cpu_percent
+
+        def ended(self, *args, **kwargs):  # the fault: the child is gone by its first reading
+            if self.pid == child.pid:
+                raise psutil.NoSuchProcess(child.pid)
+            return reading(self, *args, **kwargs)
+
+        monkeypatch.setattr(psutil.Process, "cpu_percent", ended)
+        monitor.collect_metrics()
+        assert child.pid not in monitor.children
+        monkeypatch.setattr(psutil.Process, "cpu_percent", reading)
+        monitor.collect_metrics()  # still there: measured from now on
+        assert child.pid in monitor.children
+    finally:
+        child.kill()
+        child.wait()
+    assert len(monitor.metrics["process_memory_rss_megabytes"]) == 2
+
+
+def test_a_failed_sample_warns_once_and_sampling_goes_on(mlflow_store: str, monkeypatch, caplog):
+    exp_id = tracking.setup(EXP)
+    run_id = mlflow.MlflowClient().create_run(exp_id).info.run_id
+    failures = []
+
+    class Broken:  # the fault: a monitor whose readings fail twice, then work
+        metrics: dict = {}
+
+        def collect_metrics(self):
+            if len(failures) < 2:
+                failures.append(1)
+                raise OSError("a reading failed")
+
+        def clear_metrics(self):
+            pass
+
+    monkeypatch.setattr(system, "FIRST_INTERVAL", 0.05)
+    with caplog.at_level(logging.WARNING, logger=system.__name__):
+        sampler = system.Sampler(run_id, 0)
+        sampler.monitors.insert(0, Broken())
+        sampler.thread.start()
+        deadline = time.monotonic() + 10
+        while sampler.step < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sampler.thread.is_alive()
+        sampler.finish()
+    outage.outbox().flush()
+    assert len(failures) == 2
+    assert [r.message for r in caplog.records].count(
+        "a system metrics sample failed (sampling goes on): a reading failed"
+    ) == 1
+    history = mlflow.MlflowClient().get_metric_history(run_id, "system/process_cpu_percentage")
+    assert len(history) >= 3
+
+
 def test_the_champion_alias_moves_only_to_a_better_version(mlflow_store: str):
     from imgclf.tracking.models import CHAMPION, promote
 

@@ -50,8 +50,11 @@ def _process_monitor():
             procs = [self.me]
             for child in self.me.children(recursive=True):
                 if child.pid not in self.children:
+                    try:
+                        child.cpu_percent()  # the first reading of a process is always 0
+                    except psutil.Error:  # ended between listing and reading (a git call, a worker)
+                        continue
                     self.children[child.pid] = child
-                    child.cpu_percent()  # the first reading of a process is always 0
                 procs.append(self.children[child.pid])
             cpu = rss = 0.0
             for proc in procs:
@@ -117,13 +120,21 @@ class Sampler:
             self.step += 1
 
     def _sample(self) -> None:
+        warned = False
         while not self.stop.is_set():
             interval, samples = pace(time.monotonic() - self.started)
-            for _ in range(samples):
-                self._collect()
+            try:
+                for _ in range(samples):
+                    self._collect()
+                    if self.stop.wait(interval):
+                        return
+                self._publish()
+            except Exception as err:  # a failed reading must not end the sampling of a long run
+                if not warned:
+                    log.warning("a system metrics sample failed (sampling goes on): %s", err)
+                    warned = True
                 if self.stop.wait(interval):
                     return
-            self._publish()
 
     def finish(self) -> None:
         """Stop, and queue the samples since the last point with one more taken now (a short
