@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import imgclf  # noqa: F401  (first: it quiets TensorFlow before any test imports it)
+from imgclf.console.cli import pause_collector, resume_collector
 
 from .helpers import QUEUED, Project, copy_project, make_class_folders, make_project, order_for_workers
 
@@ -69,6 +70,18 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_store: Cal
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Collection imports TensorFlow, MLflow and Keras in each process that runs tests: without
+    the garbage collector, as a stage starts (``pause_collector``), until collection is done.
+    (Not in pytest-xdist's controller, which collects nothing.)"""
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        pause_collector()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    resume_collector()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

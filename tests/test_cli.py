@@ -161,6 +161,29 @@ main("demo", body)
     assert (tmp_path / "atexit.txt").read_text() == "ran"
 
 
+@pytest.mark.parametrize("as_program", [True, False])
+def test_a_stage_program_imports_without_the_collector_and_its_body_runs_with_it(as_program):
+    """``python -m stages.<name>`` pauses the garbage collector while it imports and
+    ``run_stage`` resumes it, start-up frozen, for the body; a test importing a stage changes
+    nothing."""
+    import subprocess
+    import sys
+
+    from .helpers import ROOT
+
+    script = (
+        f"import sys\nif {as_program}: sys.argv[:1] = ['-m']  # as while `python -m` imports the package\n"
+        "import gc, stages\n"
+        "from imgclf.console.cli import run_stage\n"
+        "seen = [gc.isenabled()]\n"
+        "run_stage('demo', lambda: seen.extend([gc.isenabled(), gc.get_freeze_count() > 0]))\n"
+        "print(seen)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ("[False, True, True]" if as_program else "[True, True, False]")
+
+
 @pytest.mark.slow  # a fresh process that starts TensorFlow
 def test_tensorflow_starts_without_its_chatter_but_other_lines_pass(tmp_path):
     import subprocess

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import os
 import sys
@@ -36,10 +37,30 @@ def setup_logging() -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
+def pause_collector() -> None:
+    """Pause Python's cyclic garbage collector while a stage process starts: ``stages/__init__.py``
+    calls it first thing when a stage runs as a program, and :func:`run_stage` resumes it as the
+    stage's body begins. The modules a stage imports (TensorFlow, MLflow, scikit-learn) make
+    about half a million objects and free almost none, yet each full collection meanwhile scans
+    them all: about a fifth of their import's CPU (``python -X importtime`` aside, a
+    ``gc.callbacks`` timer on ``import tensorflow, mlflow, sklearn``: 1.3 s of 6.1 s)."""
+    gc.disable()
+
+
+def resume_collector() -> None:
+    """Resume the collector :func:`pause_collector` paused (nothing if it runs). What start-up made
+    lives as long as the process, so it is frozen first: later collections, a day-long training's
+    included, never scan it again."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
 def run_stage(name: str, body: Callable[..., None], tensorflow: bool = False, params: Path | None = None) -> int:
     """Run one stage's body and turn its outcome into an exit code; ``params``: the params file
     to read first and hand to the body, so that a mistake there fails in a second; then
-    ``tensorflow``: the stage uses it, so start it without its start-up chatter."""
+    ``tensorflow``: the stage uses it, so start it without its start-up chatter. The garbage
+    collector, if :func:`pause_collector` paused it, runs again from the body's start."""
     setup_logging()
     interrupt.install()
     debug = os.environ.get("IMGCLF_DEBUG", "") not in ("", "0")
@@ -52,6 +73,7 @@ def run_stage(name: str, body: Callable[..., None], tensorflow: bool = False, pa
             args = ()
         if tensorflow:
             start_tensorflow_quietly()
+        resume_collector()
         body(*args)
         return 0
     except KeyboardInterrupt:
