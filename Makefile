@@ -1,8 +1,16 @@
 # Two commands on a fresh clone: `make run` (set up, then `dvc repro` on the demo data) and
-# `make test` (set up, then the test suite). The venv is rebuilt when requirements.txt changes.
-PYTHON ?= python3
+# `make test` (set up, then the test suite). The venv is rebuilt when requirements.txt changes
+# or another interpreter is picked.
+# The venv's interpreter: the distribution's Python 3.11 where it has one that can make a venv,
+# else python3. Debian and Ubuntu build theirs with profile-guided and link-time optimisation into
+# one static binary; pyenv and plain source builds have neither, and every stage, study and test
+# process then takes about a fifth more CPU to start (docs/testing.md). `make PYTHON=...` overrides.
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell for py in /usr/bin/python3.11 python3; do $$py -c 'import ensurepip, venv' 2>/dev/null && { command -v $$py; break; }; done)
+endif
 VENV := .venv
-STAMP := $(VENV)/.installed
+# Named after the interpreter, so that picking another one rebuilds the venv.
+STAMP := $(VENV)/.installed-$(subst /,_,$(PYTHON))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -11,7 +19,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 setup: $(STAMP)
 
 $(STAMP): requirements.txt
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	# GPU figures in MLflow's system metrics, where there is an NVIDIA GPU to measure.
 	if command -v nvidia-smi >/dev/null 2>&1; then $(VENV)/bin/pip install --quiet nvidia-ml-py==13.615.71; fi

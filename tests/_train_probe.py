@@ -121,4 +121,9 @@ def weights_md5(model) -> str:
 
 
 if __name__ == "__main__":
+    from imgclf.console.cli import pause_collector, resume_collector, start_tensorflow_quietly
+
+    pause_collector()  # as a stage starts (imgclf/console/cli.py)
+    start_tensorflow_quietly()
+    resume_collector()
     main()
