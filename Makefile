@@ -3,13 +3,14 @@
 # or another interpreter is picked.
 # The venv's interpreter: the distribution's Python 3.11 where it has one that can make a venv,
 # else python3. Debian and Ubuntu build theirs with profile-guided and link-time optimisation into
-# one static binary; pyenv and plain source builds have neither, and every stage, study and test
-# process then takes about a fifth more CPU to start (docs/testing.md). `make PYTHON=...` overrides.
+# one static binary; pyenv's build (`--enable-shared`, no `--enable-optimizations`) has neither,
+# and the stages took a quarter more CPU on it (docs/performance.md). `make PYTHON=...` overrides.
 ifeq ($(origin PYTHON),undefined)
 PYTHON := $(shell for py in /usr/bin/python3.11 python3; do $$py -c 'import ensurepip, venv' 2>/dev/null && { command -v $$py; break; }; done)
+PYTHON := $(or $(PYTHON),python3)
 endif
 VENV := .venv
-# Named after the interpreter, so that picking another one rebuilds the venv.
+# Named after the interpreter: a venv made by another one is made anew, not updated.
 STAMP := $(VENV)/.installed-$(subst /,_,$(PYTHON))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
@@ -19,7 +20,8 @@ export PYTHONDONTWRITEBYTECODE := 1
 setup: $(STAMP)
 
 $(STAMP): requirements.txt
-	$(PYTHON) -m venv --clear $(VENV)
+	if ls $(VENV)/.installed* >/dev/null 2>&1 && [ ! -e $(STAMP) ]; then rm -rf $(VENV); fi
+	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	# GPU figures in MLflow's system metrics, where there is an NVIDIA GPU to measure.
 	if command -v nvidia-smi >/dev/null 2>&1; then $(VENV)/bin/pip install --quiet nvidia-ml-py==13.615.71; fi

@@ -72,16 +72,15 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, new_store: Cal
     return uri
 
 
-def pytest_configure(config: pytest.Config) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session: pytest.Session):
     """Collection imports TensorFlow, MLflow and Keras in each process that runs tests: without
-    the garbage collector, as a stage starts (``pause_collector``), until collection is done.
-    (Not in pytest-xdist's controller, which collects nothing.)"""
-    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
-        pause_collector()
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    resume_collector()
+    the garbage collector, as a stage starts (``pause_collector``)."""
+    pause_collector()
+    try:
+        return (yield)
+    finally:
+        resume_collector()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

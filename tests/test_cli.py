@@ -165,7 +165,8 @@ main("demo", body)
 def test_a_stage_program_imports_without_the_collector_and_its_body_runs_with_it(as_program):
     """``python -m stages.<name>`` pauses the garbage collector while it imports and
     ``run_stage`` resumes it, start-up frozen, for the body; a test importing a stage changes
-    nothing."""
+    nothing. (``sys.argv[0]`` is set as Python sets it during ``-m``'s package import; a real
+    stage run has no hook to report from.)"""
     import subprocess
     import sys
 

@@ -103,38 +103,43 @@ class Sampler:
         self.outbox = outbox()
         self.started = time.monotonic()
         self.stop = threading.Event()
+        self.failed: set[str] = set()  # monitors that failed once (warned about)
         self.thread = threading.Thread(target=self._sample, name="imgclf-system-metrics", daemon=True)
 
     def _collect(self) -> None:
         for monitor in self.monitors:
-            monitor.collect_metrics()
+            self._guarded(monitor, monitor.collect_metrics)
 
     def _publish(self) -> None:
         points = {}
         for monitor in self.monitors:
             if monitor.metrics:
-                points.update(monitor.aggregate_metrics())
+                points.update(self._guarded(monitor, monitor.aggregate_metrics) or {})
             monitor.clear_metrics()
         if points:
             self.outbox.log(self.run_id, {f"{PREFIX}{k}": v for k, v in points.items()}, self.step)
             self.step += 1
 
+    def _guarded(self, monitor, call):
+        """``call()``; a failure (a GPU lost, a process gone) costs that monitor's figure, once
+        with a warning, never the other figures or the rest of a long run's sampling."""
+        try:
+            return call()
+        except Exception as err:
+            name = type(monitor).__name__
+            if name not in self.failed:
+                self.failed.add(name)
+                log.warning("system metrics: %s failed, the other figures go on: %r", name, err)
+            return None
+
     def _sample(self) -> None:
-        warned = False
         while not self.stop.is_set():
             interval, samples = pace(time.monotonic() - self.started)
-            try:
-                for _ in range(samples):
-                    self._collect()
-                    if self.stop.wait(interval):
-                        return
-                self._publish()
-            except Exception as err:  # a failed reading must not end the sampling of a long run
-                if not warned:
-                    log.warning("a system metrics sample failed (sampling goes on): %s", err)
-                    warned = True
+            for _ in range(samples):
+                self._collect()
                 if self.stop.wait(interval):
                     return
+            self._publish()
 
     def finish(self) -> None:
         """Stop, and queue the samples since the last point with one more taken now (a short
