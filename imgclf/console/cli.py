@@ -42,8 +42,8 @@ def pause_collector() -> None:
     calls it first thing when a stage runs as a program, and :func:`run_stage` resumes it as the
     stage's body begins. The modules a stage imports (TensorFlow, MLflow, scikit-learn) make
     about half a million objects and free almost none, yet each full collection meanwhile scans
-    them all: about a fifth of their import's CPU (``python -X importtime`` aside, a
-    ``gc.callbacks`` timer on ``import tensorflow, mlflow, sklearn``: 1.3 s of 6.1 s)."""
+    them all: about a fifth of their import's CPU (timed with ``gc.callbacks`` while importing
+    tensorflow, mlflow and sklearn: 1.3 s of 6.1 s)."""
     gc.disable()
 
 

@@ -52,7 +52,7 @@ def _process_monitor():
                 if child.pid not in self.children:
                     try:
                         child.cpu_percent()  # the first reading of a process is always 0
-                    except psutil.Error:  # ended between listing and reading (a git call, a worker)
+                    except psutil.Error:  # ended between listing and reading (a short-lived subprocess)
                         continue
                     self.children[child.pid] = child
                 procs.append(self.children[child.pid])
