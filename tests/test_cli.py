@@ -28,6 +28,16 @@ def _raise(exc: BaseException):
     return body
 
 
+def _python(code: str, timeout: int = 60):
+    """``python -c code`` in a new process at the project root; its outcome, output captured."""
+    import subprocess
+    import sys
+
+    from .helpers import ROOT
+
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.mark.parametrize(
     "exc, code, text",
     [
@@ -130,9 +140,6 @@ def test_full_disk_names_the_file_and_what_to_do(capsys):
 @pytest.mark.parametrize("code", [0, 2])
 def test_fast_exit_still_joins_threads_runs_exit_handlers_and_flushes(tmp_path, code):
     """``main`` skips Python's teardown, but not what a stage's libraries rely on at exit."""
-    import subprocess
-    import sys
-    from pathlib import Path
 
     script = f"""
 import atexit, sys, threading, time
@@ -153,8 +160,7 @@ def body():
 
 main("demo", body)
 """
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60)
+    proc = _python(script)
     assert proc.returncode == code
     assert proc.stdout == "buffered, no newline"
     assert (tmp_path / "thread.txt").read_text() == "joined"
@@ -167,11 +173,6 @@ def test_a_stage_program_imports_without_the_collector_and_its_body_runs_with_it
     ``run_stage`` resumes it, start-up frozen, for the body; a test importing a stage changes
     nothing. (``sys.argv[0]`` is set as Python sets it during ``-m``'s package import; a real
     stage run has no hook to report from.)"""
-    import subprocess
-    import sys
-
-    from .helpers import ROOT
-
     script = (
         f"import sys\nif {as_program}: sys.argv[:1] = ['-m']  # as while `python -m` imports the package\n"
         "import gc, stages\n"
@@ -180,18 +181,13 @@ def test_a_stage_program_imports_without_the_collector_and_its_body_runs_with_it
         "run_stage('demo', lambda: seen.extend([gc.isenabled(), gc.get_freeze_count() > 0]))\n"
         "print(seen)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = _python(script)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ("[False, True, True]" if as_program else "[True, True, False]")
 
 
 @pytest.mark.slow  # a fresh process that starts TensorFlow
 def test_tensorflow_starts_without_its_chatter_but_other_lines_pass(tmp_path):
-    import subprocess
-    import sys
-
-    from .helpers import ROOT
-
     code = (
         "import os, sys\n"
         "from imgclf.console import cli\n"
@@ -201,7 +197,7 @@ def test_tensorflow_starts_without_its_chatter_but_other_lines_pass(tmp_path):
         "print(bool(real.match('E0000 00:00:1795.5   30259 cuda_platform.cc:52] failed call to cuInit')),\n"
         "      bool(real.match('E0000 00:00:1795.5   30259 some_op.cc:12] a real error')), file=sys.stderr)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = _python(code, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines == ["stage line", "True False"], lines  # nothing of TensorFlow's start-up
