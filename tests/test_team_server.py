@@ -113,7 +113,7 @@ def _api(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
 def test_pipeline_logs_to_a_postgres_backed_server(tracking_server, tmp_path: Path):
     url, artifacts = tracking_server
     project = make_project(tmp_path / "project", env={"MLFLOW_TRACKING_URI": url})
-    project.sh("dvc", "repro")
+    out = project.sh("dvc", "repro")
     assert not (project.root / "mlflow.db").exists(), "nothing may land in the local default store"
 
     exp = _api(url, "experiments/get-by-name", experiment_name="image-classification")["experiment"]
@@ -140,6 +140,9 @@ def test_pipeline_logs_to_a_postgres_backed_server(tracking_server, tmp_path: Pa
         pipeline["info"]["run_id"]
     }
     assert tags["imgclf.model_md5"]
+    # The pipeline's last line is the pipeline run's page on the server, in the UI's "Model training" view.
+    page = f"{url}/#/experiments/{exp['experiment_id']}/runs/{pipeline['info']['run_id']}?workflowType=machine_learning"
+    assert f"pipeline run {pipeline['info']['run_id']}: {page}\n" in out.stdout + out.stderr
 
     listed = _api(url, "artifacts/list", run_id=train["info"]["run_id"], path="model")
     assert {f["path"] for f in listed["files"]} == {"model/model.h5", "model/labels.json"}

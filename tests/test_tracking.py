@@ -202,7 +202,7 @@ def _data(name: str, context: str) -> DataInput:
     return DataInput(name, context, "d1" * 8, "/data", {})
 
 
-def test_closing_a_result_writes_the_pipeline_run_over_the_stage_runs(mlflow_store: str, monkeypatch):
+def test_closing_a_result_writes_the_pipeline_run_over_the_stage_runs(mlflow_store: str, monkeypatch, caplog):
     monkeypatch.setenv("DVC_EXP_NAME", "exp-42")
     with tracking.recorder("augment", P, inputs=[_data("demo", "source")]) as rec:
         rec.record(
@@ -218,8 +218,12 @@ def test_closing_a_result_writes_the_pipeline_run_over_the_stage_runs(mlflow_sto
         rec.record(StageResult(metrics={"test_accuracy": 0.5}, fingerprints={"data": "d1", "model": "m1"}))
     assert not _runs("exp-42")  # the recorder itself writes no pipeline run
     (pending,) = _runs(lineage.PENDING_NAME)
-    assert tracking.close_result(P, rec) == _runs("exp-42")[0].info.run_id
+    with caplog.at_level(logging.INFO, logger="imgclf.tracking.recorder"):
+        assert tracking.close_result(P, rec) == _runs("exp-42")[0].info.run_id
     (pipeline,) = _runs("exp-42")
+    # The last line a run of the pipeline prints: where the result is in the UI.
+    page = f"#/experiments/{pipeline.info.experiment_id}/runs/{pipeline.info.run_id}?workflowType=machine_learning"
+    assert f"pipeline run {pipeline.info.run_id}: http://127.0.0.1:5000/{page} (after `mlflow ui`)" in caplog.text
     assert pipeline.info.status == "FINISHED" and pipeline.data.tags[tracking.TAG_STAGE] == "pipeline"
     # Every param that shaped the result, and the facts the stages found (counts, the model's size).
     assert set(pipeline.data.params) == set(P.shaping("pipeline")) | set(P.shaping("evaluate")) | {"dataset.images"}
@@ -515,3 +519,13 @@ def test_a_refused_param_loses_only_itself_not_the_metrics_sent_with_it(mlflow_s
     run = mlflow.MlflowClient().get_run(rec.run_id)
     assert run.data.params["found.width"] == "1" and run.data.metrics["loss"] == 0.5
     assert "MLflow refused 1 params" in caplog.text
+
+
+def test_a_runs_page_is_on_the_server_or_where_mlflow_ui_serves_a_local_store():
+    page = "/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert store.ui_link("3", "abc", "sqlite:////data/mlflow.db") == "http://127.0.0.1:5000" + page
+    assert store.ui_link("3", "abc", "/data/mlruns") == "http://127.0.0.1:5000" + page
+    assert store.ui_link("3", "abc", "https://ann:secret@mlflow.example.com/") == "https://mlflow.example.com" + page
+    assert store.ui_link("3", "abc", "http://10.0.0.5:5000/mlflow") == "http://10.0.0.5:5000/mlflow" + page
+    assert store.ui_link("3", "abc", "postgresql://ann@db/mlflow") == "http://127.0.0.1:5000" + page
+    assert store.ui_link("3", "abc", "databricks") is None

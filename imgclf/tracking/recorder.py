@@ -159,7 +159,13 @@ def close_result(p: Params, rec: Recorder) -> str:
     pipeline_id = lineage.record_pipeline(
         rec.experiment_id, rec.run_id, p.shaping(pipeline.RESULT), _metrics(result.metrics), made_by
     )
-    log.info("pipeline run %s", pipeline_id)
+    link = store.ui_link(rec.experiment_id, pipeline_id)
+    if link is None:
+        log.info("pipeline run %s", pipeline_id)
+    elif store.is_server():
+        log.info("pipeline run %s: %s", pipeline_id, link)
+    else:
+        log.info("pipeline run %s: %s (after `mlflow ui`)", pipeline_id, link)
     return pipeline_id
 
 

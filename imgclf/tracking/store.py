@@ -55,6 +55,22 @@ def is_server(uri: str | None = None) -> bool:
     return urllib.parse.urlsplit(uri or tracking_uri()).scheme in ("http", "https", "databricks")
 
 
+# Where `mlflow ui` serves by default, for a store this process writes itself (SQLite, a folder).
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def ui_link(experiment_id: str, run_id: str, uri: str | None = None) -> str | None:
+    """The address of a run's page in the MLflow UI, in its "Model training" view (the UI opens
+    on its GenAI view, which shows no runs): on the tracking server itself, or where `mlflow ui`
+    serves a store this process writes itself. None for Databricks, whose UI lives elsewhere."""
+    uri = uri or tracking_uri()
+    scheme = urllib.parse.urlsplit(uri).scheme
+    if uri.startswith("databricks"):
+        return None
+    base = shown_uri(uri).rstrip("/") if scheme in ("http", "https") else LOCAL_UI  # SQLite, a database, a folder
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
 def _is_default_store(uri: str) -> bool:
     return uri == f"sqlite:///{default_store()}"
 
