@@ -107,6 +107,50 @@ def test_recorder_closes_failed_or_killed(mlflow_store: str, exc: BaseException,
     assert mlflow.active_run() is None
 
 
+def _refuse_closing(monkeypatch, calls: int, err: Exception) -> list:
+    """Make MlflowClient.set_terminated raise ``err`` for train runs ``calls`` times, then close
+    them again (other runs close as usual)."""
+    real = mlflow.MlflowClient.set_terminated
+    refused: list = []
+
+    def set_terminated(self, run_id, *args, **kwargs):
+        if len(refused) < calls and self.get_run(run_id).info.run_name == "train":
+            refused.append(run_id)
+            raise err
+        return real(self, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_terminated", set_terminated)
+    monkeypatch.setattr(outage, "FIRST_PAUSE", 0.05)
+    return refused
+
+
+def test_a_close_lost_in_an_outage_is_tried_again_and_the_run_ends_finished(mlflow_store: str, monkeypatch):
+    import requests
+
+    refused = _refuse_closing(monkeypatch, 1, requests.exceptions.ConnectionError("[Errno 111] Connection refused"))
+    with tracking.recorder("train", P) as rec:
+        rec.log_epoch(1, {"loss": 0.5})
+    assert refused == [rec.run_id]
+    (run,) = _runs("train")
+    assert run.info.status == "FINISHED" and mlflow.active_run() is None
+
+
+def test_a_failure_to_close_a_failed_run_leaves_the_stages_own_error_and_no_active_run(
+    mlflow_store: str, monkeypatch, caplog
+):
+    from mlflow.exceptions import MlflowException
+
+    _refuse_closing(monkeypatch, 99, MlflowException("(sqlite3.OperationalError) database or disk is full"))
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(OSError, match="No space left"),
+        tracking.recorder("train", P),
+    ):
+        raise OSError(28, "No space left on device")
+    assert "could not close train run" in caplog.text and "disk is full" in caplog.text
+    assert mlflow.active_run() is None  # MLflow's exit hook has no run to close FINISHED
+
+
 def test_unreachable_server_is_waited_for_then_fails_before_the_stage_works(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -176,24 +176,50 @@ def open_run(
     finally:
         if monitor is not None:
             monitor.finish()
-        _end_run(status)
+        if status == "FINISHED":
+            _end_run(active.info.run_id, status)
+        else:
+            # The stage's own error goes on up; one in closing its run must not replace it
+            # (a full disk fails the checkpoint and the SQLite store alike).
+            try:
+                _end_run(active.info.run_id, status)
+            except Exception as err:
+                log.warning("could not close %s run %s as %s: %s", stage, active.info.run_id, status, err)
 
 
-def _end_run(status: str) -> None:
+def _end_run(run_id: str, status: str) -> None:
     """Send what the run logged, then close it as ``status``. A run that failed while the
     server is unreachable is not waited for: it closes if the server answers at once, else the
     next stage closes it (:func:`close_abandoned`) or a rerun carries it on."""
     import mlflow
 
-    box = outage.outbox()
-    if status != "FINISHED" and outage.health.is_down:
-        with contextlib.suppress(Exception):
+    def close() -> None:
+        # MLflow's end_run takes the run off its stack before it asks the server to close it, so
+        # a try again after a failed request closes it directly.
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
             mlflow.end_run(status)
-        return
-    # On failure what is kept is lost with this process; a rerun logs a training's missing
-    # epochs again from its checkpoint (Recorder.log_history).
-    box.drain("the last records of the run")
-    outage.patiently("closing the run", mlflow.end_run, status)
+        else:
+            mlflow.MlflowClient().set_terminated(run_id, status)
+
+    box = outage.outbox()
+    last_try = status
+    try:
+        if status != "FINISHED" and outage.health.is_down:
+            return  # one try below
+        # On failure what is kept is lost with this process; a rerun logs a training's missing
+        # epochs again from its checkpoint (Recorder.log_history).
+        box.drain("the last records of the run")
+        outage.patiently("closing the run", close)
+    except BaseException:
+        last_try = "FAILED" if status == "FINISHED" else status  # its last records were not sent
+        raise
+    finally:
+        # Off MLflow's stack whatever happened, so that its exit hook cannot close it FINISHED.
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            with contextlib.suppress(Exception):
+                mlflow.end_run(last_try)
 
 
 def write_run(
