@@ -27,17 +27,22 @@ def _params(**train) -> object:
     return parse({"data": {"image_size": 12}, "train": {**TINY, **train}})
 
 
-def test_resumed_mid_epoch_ends_with_the_weights_and_history_of_an_uninterrupted_run(monkeypatch, tmp_path):
+# A signal after epoch 2's 3rd of 5 steps stops there; one after its last step stops once the
+# epoch is validated and saved whole (its checkpoint then resumes at epoch 3).
+@pytest.mark.parametrize("step, saved", [(3, (1, 3)), (5, (2, 0))])
+def test_resumed_mid_epoch_ends_with_the_weights_and_history_of_an_uninterrupted_run(
+    step, saved, monkeypatch, tmp_path
+):
     monkeypatch.setenv(checkpoint.ENV_DIR, str(tmp_path))
     p, data = _params(epochs=3, early_stopping={"monitor": "loss"}), _data()
     full = train(p, data)
 
-    train_until_signal(monkeypatch, p, data, at=(2, 3))  # epoch 2, after its 3rd of 5 steps
+    train_until_signal(monkeypatch, p, data, at=(2, step))
 
     store = open_checkpoints(p, "data")
-    assert (store.state["epoch"], store.state["step"]) == (1, 3)
+    assert (store.state["epoch"], store.state["step"]) == saved
     resumed = train(p, data, store)
-    assert resumed.resumed_from_epoch == 1
+    assert resumed.resumed_from_epoch == saved[0]
     assert resumed.history == full.history  # epoch 2's figures cover the whole epoch
     assert resumed.best_epoch == full.best_epoch == 3
     for a, b in zip(resumed.model.get_weights(), full.model.get_weights(), strict=True):

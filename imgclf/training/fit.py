@@ -153,9 +153,12 @@ class Session:
         self.progress.start(epoch, self.state.step)
 
     def end_step(self, epoch: int, step: int, totals: Callable[[], list[float]]) -> None:
-        """After step ``step`` (from 1) of ``epoch``: on a pending signal, checkpoint here and stop."""
+        """After step ``step`` (from 1) of ``epoch``: on a pending signal, checkpoint here and stop;
+        after the epoch's last step, once the epoch is validated and saved (:meth:`end_epoch`), as
+        a checkpoint of all its steps and none of its validation would resume to an epoch without
+        training figures."""
         self.progress.advance()
-        if interrupt.requested():
+        if interrupt.requested() and step < self.steps:
             self._count_time(images=self._images_between(self.state.step, step))
             self.state.step, self.state.partial = step, totals()
             self.writer.save(self.state.to_dict())
