@@ -53,6 +53,29 @@ def test_symlinked_files_are_read(class_folders: Path, tmp_path: Path):
     assert any(f.name == "link.png" for f in src.files)
 
 
+def test_symlinked_folders_are_read_once_without_loops(class_folders: Path, tmp_path: Path):
+    batch = tmp_path / "elsewhere" / "batch2"
+    batch.mkdir(parents=True)
+    for k in range(3):
+        make_image((200, 0, 0), 20 + k).save(batch / f"{k}.png")
+    os.symlink(batch, class_folders / "red" / "batch2")
+    os.symlink(class_folders / "red", class_folders / "red" / "batch2-again")  # a link back up
+    red = [f.relative_to(class_folders).as_posix() for f, y in zip(*_scanned(class_folders)) if y == "red"]
+    assert [f for f in red if "batch2" in f] == ["red/batch2/0.png", "red/batch2/1.png", "red/batch2/2.png"]
+    assert len(red) == 8 + 3
+
+
+def _scanned(folder: Path) -> tuple[list[Path], list[str]]:
+    src = dataset.scan(folder)
+    return src.files, [src.labels[y] for y in src.y]
+
+
+def test_one_class_folder_is_an_error_that_names_the_folder_inside(tmp_path: Path):
+    make_class_folders(tmp_path / "photos" / "creatures", 2)
+    with pytest.raises(PipelineError, match="one class folder, 'creatures'.*set data.source to '.*photos/creatures'"):
+        dataset.scan(tmp_path / "photos")
+
+
 @pytest.mark.parametrize(
     "labels, fragment",
     [

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 
-from imgclf.core.fileio import atomic_dir, atomic_path, md5_tree, write_json
+from imgclf.core.fileio import atomic_dir, atomic_path, md5_tree, write_json, write_text
+from imgclf.data.dataset import skipped_csv
 
 
 def test_atomic_path_replaces_only_on_success(tmp_path: Path):
@@ -39,3 +42,12 @@ def test_md5_tree_sees_names_and_contents(tmp_path: Path):
     assert (tmp_path / "a" / "x.json").read_text().startswith('{\n  "a"')
     (tmp_path / "a" / "x.json").rename(tmp_path / "a" / "y.json")
     assert md5_tree(tmp_path / "a") != first
+
+
+def test_a_file_name_that_is_not_utf8_is_written_escaped(tmp_path: Path):
+    # A Latin-1 name from a Windows zip, as Python lists it on Linux: a lone surrogate.
+    name = os.fsdecode(b"caf\xe9.jpg")
+    write_text(tmp_path / "skipped.csv", skipped_csv([(Path(name), "corrupt")]))
+    assert (tmp_path / "skipped.csv").read_text(encoding="utf-8") == "file,reason\ncaf\\udce9.jpg,corrupt\n"
+    write_json(tmp_path / "labels.json", [name])
+    assert json.loads((tmp_path / "labels.json").read_text(encoding="utf-8")) == [name]  # read back the same

@@ -114,6 +114,33 @@ def test_decompression_bomb_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
         load_array(path, 8)
 
 
+def test_a_jpeg_over_the_limit_is_judged_by_the_size_it_decodes_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # A 108-megapixel phone photo against Pillow's 89-megapixel limit, in small: 120x120 pixels
+    # against a limit of 5,000. Draft mode decodes the JPEG at 15x15 for 12 pixels a side; the
+    # PNG, or the JPEG wanted at 100 pixels a side, would be decoded whole.
+    photo = Image.fromarray(np.kron(_gradient(12), np.ones((10, 10, 1))).astype(np.uint8), "RGB")
+    photo.save(tmp_path / "big.jpg", quality=95)
+    photo.save(tmp_path / "big.png")
+    whole = load_array(tmp_path / "big.jpg", 12)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)
+    assert np.array_equal(load_array(tmp_path / "big.jpg", 12), whole)
+    for path, size in ((tmp_path / "big.png", 12), (tmp_path / "big.jpg", 100)):
+        with pytest.raises(BadImage, match="decompression bomb"):
+            load_array(path, size)
+
+
+def test_a_decoders_own_failure_is_a_bad_image_naming_its_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "odd.tif"
+    Image.fromarray(_gradient().astype(np.uint8), "RGB").save(path)
+
+    def broken_load(self):  # as a fuzzed TIFF makes Pillow's decoder fail
+        raise TypeError("'str' object cannot be interpreted as an integer")
+
+    monkeypatch.setattr("PIL.ImageFile.ImageFile.load", broken_load)
+    with pytest.raises(BadImage, match="cannot be decoded .TypeError: 'str' object"):
+        load_array(path, 8)
+
+
 def test_image_names():
     assert is_image_name(Path("a/B.JPEG"))
     assert is_image_name(Path("猫/写真.webp"))

@@ -121,10 +121,9 @@ def test_predict_decodes_a_photo_exactly_as_augment_does(tmp_path: Path):
 
     from .test_images import camera_photo
 
-    folder = tmp_path / "photos" / "scene"
-    folder.mkdir(parents=True)
-    camera_photo(folder / "a.jpg")
-    camera_photo(folder / "b.jpg", seed=1)
+    for label, seed in (("scene", 0), ("scene", 1), ("street", 2)):
+        (tmp_path / "photos" / label).mkdir(parents=True, exist_ok=True)
+        camera_photo(tmp_path / "photos" / label / f"{seed}.jpg", seed=seed)
     src = dataset.scan(tmp_path / "photos")
     decoded = dataset.decode(src, 64, tmp_path)  # the augment stage's decoding
     for row, path in enumerate(src.files):

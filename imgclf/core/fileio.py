@@ -45,9 +45,10 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 
 
 def write_text(target: Path, text: str) -> None:
-    """Write a text file atomically."""
+    """Write a text file atomically, in UTF-8. A file name that is not UTF-8 (from a Windows zip,
+    say) shows as Python escapes it (``caf\\udce9.jpg``) rather than failing the write."""
     with atomic_path(target) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
 
 
 def write_json(target: Path, data: Any) -> None:

@@ -78,20 +78,7 @@ def scan(source: Path, labels: list[str] | None = None) -> Source:
         raise PipelineError(
             f"data.source '{source}' has no class folders: put each class's images in a subfolder named after the class"
         )
-    if labels is None:
-        labels = folders
-    else:
-        missing = [lb for lb in labels if lb not in folders]
-        if missing:
-            raise PipelineError(
-                f"data.labels names {missing}, but {source} has no such folder; folders found: {folders}"
-            )
-        extra = [f for f in folders if f not in labels]
-        if extra:
-            raise PipelineError(
-                f"{source} has class folders {extra} that data.labels does not list: "
-                "add them to data.labels or move them out"
-            )
+    labels = _classes(source, folders, labels)
     files: list[Path] = []
     y: list[int] = []
     ignored: list[Path] = []
@@ -104,7 +91,28 @@ def scan(source: Path, labels: list[str] | None = None) -> Source:
                 ignored.append(path)
     if ignored:
         log.warning("ignoring %d file(s) whose suffix is not an image format's, e.g. %s", len(ignored), ignored[0])
-    return Source(root=source, labels=list(labels), files=files, y=y, ignored=ignored)
+    return Source(root=source, labels=labels, files=files, y=y, ignored=ignored)
+
+
+def _classes(source: Path, folders: list[str], labels: list[str] | None) -> list[str]:
+    """The classes in order: ``labels`` checked against the class ``folders``, or the folders."""
+    if labels is None:
+        if len(folders) == 1:
+            raise PipelineError(
+                f"data.source '{source}' has one class folder, '{folders[0]}': a classifier needs two or more "
+                f"(if the class folders are inside it, set data.source to '{source / folders[0]}')"
+            )
+        return folders
+    missing = [lb for lb in labels if lb not in folders]
+    if missing:
+        raise PipelineError(f"data.labels names {missing}, but {source} has no such folder; folders found: {folders}")
+    extra = [f for f in folders if f not in labels]
+    if extra:
+        raise PipelineError(
+            f"{source} has class folders {extra} that data.labels does not list: "
+            "add them to data.labels or move them out"
+        )
+    return list(labels)
 
 
 class DecodeTask(NamedTuple):

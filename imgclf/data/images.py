@@ -11,7 +11,9 @@ least ``size`` pixels a side; what is left is resized as before (bilinear). Othe
 decoded whole, then shrunk first by whole-number box averaging down to no less than twice the
 target (Pillow's ``reducing_gap=2``, which its documentation calls indistinguishable from a
 plain resize) and then resized. A 1600x1200 camera JPEG to 100x100 decodes about four times
-faster this way (``benchmarks/camera_photos.py``).
+faster this way (``benchmarks/seed_vs_project.py --camera``). Pillow's decompression-bomb limit (about 89
+megapixels) applies to what is decoded, so a larger camera JPEG passes when draft mode brings it
+under; anything a decoder cannot read, however it fails, is a :class:`BadImage` naming why.
 """
 
 from __future__ import annotations
@@ -43,13 +45,20 @@ def is_image_name(path: Path) -> bool:
 def iter_files(folder: Path) -> Iterator[Path]:
     """Every visible file under ``folder`` (nested folders included), in a stable order.
 
-    Hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``) are left out; symlinked
-    files are listed, symlinked folders are not followed (no loops). The order is that of the
-    paths relative to ``folder``, so it does not depend on the file system.
+    Hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``) are left out. Symlinked
+    files and folders are followed, each folder read once (the first path to it in name order),
+    so a link back up makes no loop. The order is that of the paths relative to ``folder``, so it
+    does not depend on the file system.
     """
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found += [Path(dirpath) / name for name in filenames if not name.startswith(".")]
     yield from sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
@@ -81,13 +90,34 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+def _open(path: Path, size: int) -> Image.Image:
+    """Open ``path`` for decoding at ``size``. Pillow's pixel limit (``Image.MAX_IMAGE_PIXELS``,
+    its warning made an error too) applies to what is decoded: a JPEG's size after draft mode,
+    so a 108-megapixel photo, decoded at an eighth a side, is not refused as a bomb."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            with open(path, "rb") as fh:
+                if fh.read(3) != b"\xff\xd8\xff":  # not a JPEG
+                    raise
+            from PIL import JpegImagePlugin
+
+            img = JpegImagePlugin.JpegImageFile(path)  # opened without the check of Image.open
+            img.draft(None, (size, size))
+            if img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                img.close()
+                raise
+            return img
+
+
 def load_image(path: Path, size: int) -> Image.Image:
     """Decode ``path`` to a ``size`` x ``size`` RGB image, or raise :class:`BadImage`."""
     try:
         with warnings.catch_warnings():
-            # Pillow warns before it refuses a bomb; make the warning an error too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with _open(path, size) as img:
                 img.seek(0)
                 if img.format == "JPEG":
                     # Scale in the decoder, keeping at least `size` pixels on each side.
@@ -103,6 +133,8 @@ def load_image(path: Path, size: int) -> Image.Image:
         raise BadImage("file not found") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise BadImage(f"corrupt or truncated ({err})") from None
+    except Exception as err:  # a decoder's own failure on a malformed file (a TypeError, a MemoryError)
+        raise BadImage(f"cannot be decoded ({type(err).__name__}: {err})") from None
     if img.size != (size, size):
         img = img.resize((size, size), RESAMPLE, reducing_gap=REDUCING_GAP)
     return img
