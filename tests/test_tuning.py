@@ -87,6 +87,23 @@ def test_winner_command_sets_every_searched_param_and_the_epochs():
     assert shlex.split(shlex.join(cmd)) == cmd  # printed as a shell line, it reads back the same
 
 
+def test_a_range_over_a_count_that_may_be_a_word_draws_whole_numbers():
+    # train.fine_tune.unfreeze is a count of layers or "all" (its default): a range draws counts.
+    p = parse(
+        {
+            "data": {"image_size": 32},
+            "train": {"model": "mobilenet_v3_small", "init": "imagenet"},
+            "tune": {"space": {"train.fine_tune.unfreeze": {"low": 0, "high": 30}}},
+        }
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = [space.suggest(study.ask(), p)["train.fine_tune.unfreeze"] for _ in range(5)]
+    assert all(type(v) is int and 0 <= v <= 30 for v in drawn), drawn
+    assert space.trial_params(p, {"train.fine_tune.unfreeze": drawn[0]}).train.fine_tune.unfreeze == drawn[0]
+    with pytest.raises(PipelineError, match="is a whole number"):
+        parse({"tune": {"space": {"train.fine_tune.unfreeze": {"low": 0, "high": 30.5}}}})
+
+
 @pytest.mark.parametrize(
     "space, fragment",
     [

@@ -244,7 +244,7 @@ class Params(_Section):
                 )
             if key in NOT_SEARCHABLE:
                 raise ValueError(f"{where}: cannot be searched (the study sets it, or it does not change the model)")
-            whole = isinstance(train[key], int) and not isinstance(train[key], bool)
+            whole = whole_numbered(key)
             ends = (entry.low, entry.high, entry.step or 1)
             if whole and entry.choices is None and any(v != int(v) for v in ends):
                 raise ValueError(f"{where}: {key} is a whole number; give whole low, high and step")
@@ -316,6 +316,22 @@ class Params(_Section):
 def searchable(p: Params) -> dict[str, Any]:
     """The params a study may name, with their values in ``p``: train's and augment's."""
     return flatten({"train": p.section("train"), "augment": p.section("augment")})
+
+
+def whole_numbered(key: str) -> bool:
+    """Whether the dotted param ``key`` takes whole numbers, by its declared type: ``int``, or a
+    union with ``int`` and no ``float`` (``train.fine_tune.unfreeze``, a count or ``all``)."""
+    import typing
+
+    model: type[BaseModel] = Params
+    *parents, leaf = key.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation
+    declared = model.model_fields[leaf].annotation
+    if typing.get_origin(declared) in (list, tuple, dict):
+        return False
+    kinds = typing.get_args(declared) or (declared,)
+    return int in kinds and float not in kinds
 
 
 def check_space(p: Params, source: str = SETTINGS_FILE) -> None:

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from imgclf.core.errors import PipelineError
-from imgclf.core.params import Params, SpaceEntry, fit_to_model, searchable, with_values
+from imgclf.core.params import Params, SpaceEntry, fit_to_model, searchable, whole_numbered, with_values
 
 
 def encode(value: Any) -> Any:
@@ -23,18 +23,13 @@ def decode(value: Any, entry: SpaceEntry) -> Any:
     return {encode(c): c for c in entry.choices}.get(value, value)
 
 
-def _is_int(p: Params, key: str) -> bool:
-    value = searchable(p)[key]
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def suggest(trial, p: Params) -> dict[str, Any]:
     """The trial's values for every param of ``tune.space``, as params.yaml spells them."""
     values = {}
     for key, e in p.tune.space.items():
         if e.choices is not None:
             raw = trial.suggest_categorical(key, [encode(c) for c in e.choices])
-        elif _is_int(p, key):
+        elif whole_numbered(key):
             raw = trial.suggest_int(key, int(e.low), int(e.high), step=int(e.step or 1), log=e.log)
         else:
             raw = trial.suggest_float(key, e.low, e.high, step=e.step, log=e.log)
