@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 
 import pytest
@@ -85,6 +86,26 @@ def test_winner_command_sets_every_searched_param_and_the_epochs():
     sets = [cmd[i + 1] for i, part in enumerate(cmd) if part == "-S"]
     assert sets == ["train.learning_rate=0.0031622776601683794", "train.conv_filters=[16,32]", "train.epochs=3"]
     assert shlex.split(shlex.join(cmd)) == cmd  # printed as a shell line, it reads back the same
+
+
+def test_processes_joining_one_study_draw_different_points_and_one_process_draws_the_same_again():
+    from imgclf.tuning.objective import trial_seeded_tpe
+
+    p = _params()
+
+    def draws(study, n: int) -> list[dict]:
+        return [space.suggest(study.ask(), p) for _ in range(n)]
+
+    # Two processes with the same params (a second machine on the same storage, a resume after a
+    # kill): each opens the study with its own sampler, asking in turn before any trial ends.
+    storage = optuna.storages.InMemoryStorage()
+    name = optuna.create_study(storage=storage, study_name="s").study_name
+    a, b = (optuna.load_study(study_name=name, storage=storage, sampler=trial_seeded_tpe(42, 10)) for _ in "ab")
+    drawn = [d for _ in range(3) for d in (draws(a, 1) + draws(b, 1))]
+    assert len({json.dumps(d, sort_keys=True) for d in drawn}) == len(drawn)
+    # One process alone draws the same points each time it runs the study anew.
+    again = [draws(optuna.create_study(sampler=trial_seeded_tpe(42, 10)), 4) for _ in range(2)]
+    assert again[0] == again[1]
 
 
 def test_a_range_over_a_count_that_may_be_a_word_draws_whole_numbers():

@@ -16,15 +16,49 @@ from imgclf.tuning.storage import ATTR_RUN, ATTR_WORKER
 log = logging.getLogger("tune")
 
 
-def sampler_and_pruner(p: Params, worker: int, done: int):
-    """TPE, seeded per process and restart, and ``tune.pruner``."""
+def trial_seeded_tpe(seed: int, startup_trials: int):
+    """TPE whose random draws for a trial come from ``seed`` and the trial's number, which is
+    unique across every process of a study: no two processes, however they join (spawned,
+    resumed after a kill, a second machine on PostgreSQL), draw the same start-up points, and a
+    study of one process draws the same as the last time."""
+    import optuna
+
+    class TrialSeededTPE(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self._number, self._tpe = None, None
+
+        def _for(self, trial):
+            if trial.number != self._number:  # TPE keeps no state between trials but its randomness
+                self._number = trial.number
+                self._tpe = optuna.samplers.TPESampler(
+                    seed=(seed + 104729 * trial.number) % 2**32, n_startup_trials=startup_trials
+                )
+            return self._tpe
+
+        def infer_relative_search_space(self, study, trial):
+            return self._for(trial).infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self._for(trial).sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+        def before_trial(self, study, trial) -> None:
+            self._for(trial).before_trial(study, trial)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self._for(trial).after_trial(study, trial, state, values)
+
+    return TrialSeededTPE()
+
+
+def sampler_and_pruner(p: Params):
+    """TPE seeded per trial (:func:`trial_seeded_tpe`), and ``tune.pruner``."""
     import optuna
 
     t = p.tune
-    # One seed per process and per restart: a resumed or second process must not redraw the
-    # first one's random start-up points.
-    seed = (p.base.seed + 7919 * worker + 104729 * done) % 2**32
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=t.startup_trials)
+    sampler = trial_seeded_tpe(p.base.seed, t.startup_trials)
     if t.pruner == "median":
         pruner = optuna.pruners.MedianPruner(n_startup_trials=t.startup_trials, n_warmup_steps=0)
     elif t.pruner == "hyperband":

@@ -100,7 +100,7 @@ def open_search(p: Params, o: Options) -> Search:
     stored.fail_unstarted(study, storage)
     run_id = _study_run(p, o, study, url)
     finished = sum(stored.counts(study)[k.lower()] for k in stored.FINISHED)
-    sampler, pruner = sampler_and_pruner(p, o.worker, finished)
+    sampler, pruner = sampler_and_pruner(p)
     study = optuna.load_study(study_name=o.study, storage=storage, sampler=sampler, pruner=pruner)
     return Search(p, o, data, study, url, run_id, finished, storage)
 
