@@ -33,6 +33,36 @@ def test_class_never_predicted_scores_zero_not_nan():
     assert r["per_class"]["z"]["precision"] == 0.0
 
 
+def test_a_class_with_nothing_to_measure_is_left_out_of_the_macro_averages():
+    # "z" has no test image (a small class the split left out): a perfect model scores 1, not 2/3.
+    perfect = evaluation.score(np.array([0, 0, 1]), np.eye(3)[[0, 0, 1]], ["x", "y", "z"])
+    assert {k: perfect["metrics"][f"test_macro_{k}"] for k in ("precision", "recall", "f1")} == {
+        "precision": 1.0,
+        "recall": 1.0,
+        "f1": 1.0,
+    }
+    assert perfect["per_class"]["z"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    # Predicted without a test image of its own, "z" is a measured mistake: precision 0 counts.
+    wrong = evaluation.score(np.array([0, 0, 1]), np.eye(3)[[0, 2, 1]], ["x", "y", "z"])
+    assert wrong["metrics"]["test_macro_precision"] == pytest.approx((1 + 1 + 0) / 3)
+    assert wrong["metrics"]["test_macro_recall"] == pytest.approx((0.5 + 1) / 2)
+
+
+def test_class_names_are_drawn_as_written_and_many_classes_make_a_bounded_picture(tmp_path: Path):
+    from PIL import Image
+
+    labels = ["coin_$1", "note_$5"]
+    evaluation.plot_confusion(np.array([[3, 1], [0, 4]]), labels, tmp_path / "cm.png")
+    probs = np.array([[0.2, 0.8], [0.9, 0.1]])
+    images = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    assert evaluation.plot_misclassified(images, np.array([0, 1]), probs.argmax(1), probs, labels, tmp_path / "m.png")
+    many = 300
+    cm = np.random.default_rng(0).integers(0, 5, (many, many))
+    evaluation.plot_confusion(cm, [f"class {i}" for i in range(many)], tmp_path / "many.png")
+    with Image.open(tmp_path / "many.png") as png:
+        assert max(png.size) <= 2 * 100 * evaluation.LARGEST_SIDE + 100
+
+
 def test_confusion_csv_rows_per_image():
     text = evaluation.confusion_rows_csv(np.array([0, 1]), np.array([1, 1]), ["猫", "dog"])
     rows = list(csv.DictReader(io.StringIO(text)))

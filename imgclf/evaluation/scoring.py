@@ -20,12 +20,17 @@ def score(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str,
     y_pred = probs.argmax(axis=1)
     k = range(len(labels))
     picked = np.clip(probs[np.arange(len(y_true)), y_true], _EPS, 1.0)
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=list(k), zero_division=0)
+    # A figure with nothing to measure (recall of a class with no test image, precision of one
+    # never predicted) is left out of the macro averages, as a small class can miss the test set;
+    # per class it reads 0.
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=list(k), zero_division=np.nan
+    )
     per_class = {
         labels[i]: {
-            "precision": float(precision[i]),
-            "recall": float(recall[i]),
-            "f1": float(f1[i]),
+            "precision": float(np.nan_to_num(precision[i])),
+            "recall": float(np.nan_to_num(recall[i])),
+            "f1": float(np.nan_to_num(f1[i])),
             "support": int(support[i]),
         }
         for i in k
@@ -33,9 +38,9 @@ def score(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str,
     summary = {
         "test_accuracy": float(accuracy_score(y_true, y_pred)),
         "test_loss": float(-np.log(picked).mean()),
-        "test_macro_f1": float(f1.mean()),
-        "test_macro_precision": float(precision.mean()),
-        "test_macro_recall": float(recall.mean()),
+        "test_macro_f1": _mean_of_measured(f1),
+        "test_macro_precision": _mean_of_measured(precision),
+        "test_macro_recall": _mean_of_measured(recall),
         "test_images": int(len(y_true)),
     }
     return {
@@ -44,6 +49,11 @@ def score(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str,
         "confusion": confusion_matrix(y_true, y_pred, labels=list(k)),
         "y_pred": y_pred,
     }
+
+
+def _mean_of_measured(values: np.ndarray) -> float:
+    measured = values[~np.isnan(values)]
+    return float(measured.mean()) if measured.size else 0.0
 
 
 def per_class_metrics(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -79,25 +89,38 @@ def _pyplot():
     return plt
 
 
+def _plain(text: str) -> str:
+    """``text`` as matplotlib draws it literally (a ``$`` would start a formula)."""
+    return text.replace("$", r"\$")
+
+
+# Above this many classes the matrices have no class names (confusion.csv has them), and their
+# size stops growing: a PNG of thousands of pixels a side says nothing more.
+NAMED_CLASSES = 60
+LARGEST_SIDE = 25.0  # inches, at 100 dpi
+
+
 def plot_confusion(cm: np.ndarray, labels: list[str], out: Path) -> None:
     """Counts and row-normalised confusion matrices side by side, as a PNG."""
     plt = _pyplot()
     n = len(labels)
-    side = max(4.0, 0.45 * n + 2.5)
+    side = min(max(4.0, 0.45 * n + 2.5), LARGEST_SIDE)
     fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side), constrained_layout=True)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    named = n <= NAMED_CLASSES
     for ax, data, title, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "normalised by true class", ".2f")):
         im = ax.imshow(data, cmap="Blues")
         ax.set(
-            xticks=range(n),
-            yticks=range(n),
-            xticklabels=labels,
-            yticklabels=labels,
-            xlabel="predicted",
+            xticks=range(n) if named else [],
+            yticks=range(n) if named else [],
+            xlabel="predicted" if named else f"predicted ({n} classes in the order of labels.json)",
             ylabel="actual",
             title=f"Confusion matrix ({title})",
         )
+        if named:
+            ax.set_xticklabels([_plain(c) for c in labels])
+            ax.set_yticklabels([_plain(c) for c in labels])
         ax.tick_params(axis="x", labelrotation=45)
         if n <= 30:
             top = data.max() or 1
@@ -160,7 +183,9 @@ def plot_misclassified(
         ax.axis("off")
     for ax, i in zip(axes.flat, order):
         ax.imshow(images[i], interpolation="nearest")
-        ax.set_title(f"{labels[y_true[i]]} → {labels[y_pred[i]]}\n(p={probs[i, y_pred[i]]:.2f})", fontsize=8)
+        ax.set_title(
+            f"{_plain(labels[y_true[i]])} → {_plain(labels[y_pred[i]])}\n(p={probs[i, y_pred[i]]:.2f})", fontsize=8
+        )
     title = f"Misclassified test images: {len(wrong)} of {len(y_true)}" + (
         f" (the {len(order)} most confident shown)" if len(wrong) > len(order) else ""
     )
