@@ -9,6 +9,7 @@ A model comes from the pipeline's ``models/model.h5`` (labels from ``data/prepar
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from imgclf.core import paths
 from imgclf.core.errors import PipelineError
 from imgclf.core.prepared import LABELS_FILE, read_labels
 from imgclf.core.saved_model import load_model
-from imgclf.data.images import BadImage, iter_images, load_array
+from imgclf.data.images import IMAGE_SUFFIXES, BadImage, is_image_name, iter_files, load_array
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,30 @@ class Classifier:
 
 
 def collect(inputs: list[str]) -> list[Path]:
-    """Files named on the command line, and the images under folders (nested, hidden skipped)."""
+    """Files named on the command line, and the images under folders (nested, hidden skipped;
+    files of other suffixes are counted in a warning). None at all is an error."""
     files: list[Path] = []
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            files += iter_images(path)
+            found = list(iter_files(path))
+            files += [f for f in found if is_image_name(f)]
+            others = Counter(f.suffix.lower() or "(none)" for f in found if not is_image_name(f))
+            if others:
+                log.warning(
+                    "%s: ignoring %d file(s) whose suffix is not a supported image format's: %s",
+                    raw,
+                    sum(others.values()),
+                    ", ".join(f"{suffix} {n}" for suffix, n in others.most_common(5)),
+                )
         elif path.exists():
             files.append(path)
         else:
             raise PipelineError(f"{raw}: no such file or folder")
+    if not files:
+        raise PipelineError(
+            f"no images in {', '.join(inputs)}: the formats read are " + ", ".join(sorted(IMAGE_SUFFIXES))
+        )
     return files
 
 

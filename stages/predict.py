@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 
 from imgclf.console.cli import main
 from imgclf.core.errors import PipelineError
@@ -33,25 +34,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def shown(path, field: bool = True) -> str:
+    """A path as text: bytes that are not UTF-8 (a name from a Windows zip) as ``\\xe9``; for
+    one field of a tab-separated line (``field``), tabs and line breaks as ``\\t``, ``\\n``."""
+    text = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+    return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r") if field else text
+
+
 def run(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.top < 1:
-        raise PipelineError(f"--top must be at least 1 (got {args.top})")
+    for flag, value in (("--top", args.top), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise PipelineError(f"{flag} must be at least 1 (got {value})")
     files = collect(args.paths)
     clf = load_classifier(args.model)
     bad = 0
     for path, best, error in classify(clf, files, args.top, args.batch_size):
         if error is not None:
             bad += 1
-            log.warning("skipping %s: %s", path, error)
+            log.warning("skipping %s: %s", shown(path), error)
             continue
         if args.json:
-            record = {"path": str(path), "label": best[0][0], "probability": round(best[0][1], 6)}
+            record = {"path": shown(path, field=False), "label": best[0][0], "probability": round(best[0][1], 6)}
             if args.top > 1:
                 record["top"] = [{"label": lb, "probability": round(pr, 6)} for lb, pr in best]
             print(json.dumps(record, ensure_ascii=False), flush=True)
         else:
-            print("\t".join([str(path)] + [f"{lb}\t{pr:.4f}" for lb, pr in best]), flush=True)
+            print("\t".join([shown(path)] + [f"{lb}\t{pr:.4f}" for lb, pr in best]), flush=True)
     if bad:
         raise PipelineError(f"{bad} of {len(files)} file(s) could not be classified (see the warnings above)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,29 @@ def test_bad_files_get_the_augment_messages(model_dir: Path, tmp_path: Path, cap
     assert err[-1] == "error: predict: 1 of 4 file(s) could not be classified (see the warnings above)"
 
 
+def test_odd_file_names_keep_one_line_each_and_other_suffixes_are_counted(model_dir: Path, tmp_path: Path, capsys):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    image = make_class_folders(tmp_path / "in", per_class=1) / "red" / "00.png"
+    latin1 = folder / os.fsdecode(b"caf\xe9.png")  # a name from a Windows zip: not UTF-8
+    for name in (latin1, folder / "tab\there.png"):
+        name.write_bytes(image.read_bytes())
+    for k in range(3):
+        (folder / f"IMG_{k}.HEIC").write_bytes(b"not read")
+    code, out, err = _predict(capsys, str(folder), "--model", str(model_dir / "model.h5"))
+    assert code == 0 and [line.split("\t")[0] for line in out] == [f"{folder}/caf\\xe9.png", f"{folder}/tab\\there.png"]
+    assert any("ignoring 3 file(s)" in line and ".heic 3" in line for line in err), err
+    code, out, _ = _predict(capsys, str(folder), "--model", str(model_dir / "model.h5"), "--json")
+    assert json.loads(out[0])["path"] == f"{folder}/caf\\xe9.png" and json.loads(out[1])["path"].endswith(
+        "tab\there.png"
+    )
+    only_heic = tmp_path / "heic"
+    only_heic.mkdir()
+    (only_heic / "IMG_0.HEIC").write_bytes(b"not read")
+    code, _, err = _predict(capsys, str(only_heic), "--model", str(model_dir / "model.h5"))
+    assert code == 2 and err[-1].startswith(f"error: predict: no images in {only_heic}: the formats read are .bmp")
+
+
 @pytest.mark.parametrize(
     "setup, fragment",
     [
@@ -96,6 +120,7 @@ def test_bad_files_get_the_augment_messages(model_dir: Path, tmp_path: Path, cap
         ("wrong_labels", "3 outputs but 2 labels"),
         ("not_a_model", "not a Keras model file"),
         ("missing_input", "no such file or folder"),
+        ("batch_size", "--batch-size must be at least 1 (got 0)"),
     ],
 )
 def test_bad_models_and_inputs(model_dir: Path, tmp_path: Path, capsys, setup: str, fragment: str):
@@ -111,7 +136,7 @@ def test_bad_models_and_inputs(model_dir: Path, tmp_path: Path, capsys, setup: s
     if setup == "not_a_model":
         model.write_text("hello")
     target = str(tmp_path / "nothing.png") if setup == "missing_input" else str(image)
-    code, _, err = _predict(capsys, target, "--model", str(model))
+    code, _, err = _predict(capsys, target, "--model", str(model), *(["--batch-size", "0"] * (setup == "batch_size")))
     assert code == 2 and fragment in err[-1] and err[-1].startswith("error: predict: ")
 
 

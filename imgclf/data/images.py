@@ -63,11 +63,6 @@ def iter_files(folder: Path) -> Iterator[Path]:
     yield from sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def iter_images(folder: Path) -> Iterator[Path]:
-    """The image files among :func:`iter_files` (by suffix), in the same order."""
-    return (p for p in iter_files(folder) if is_image_name(p))
-
-
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB without clipping wide ranges."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
