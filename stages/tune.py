@@ -98,13 +98,24 @@ def report(o: Options, out: search.Outcome) -> None:
 
 
 def apply_winner(out: search.Outcome) -> None:
-    """Run the winner's ``dvc exp run``: the final model comes from the normal pipeline."""
+    """Run the winner's ``dvc exp run``: the final model comes from the normal pipeline. An
+    experiment of that name run from this commit already (a second ``--apply`` of an unchanged
+    winner) is applied to the workspace instead (``dvc exp apply``)."""
     if out.command is None:
         raise PipelineError("no trial completed: there is no winner to run")
-    log.info("running %s", out.command)
-    done = subprocess.run(shlex.split(out.command), cwd=paths.ROOT, check=False)
+    cmd = shlex.split(out.command)
+    name = cmd[cmd.index("-n") + 1]
+    listed = subprocess.run(
+        ["dvc", "exp", "list", "--name-only"], cwd=paths.ROOT, capture_output=True, text=True, check=False
+    )
+    if name in listed.stdout.split():
+        cmd = ["dvc", "exp", "apply", name]
+        log.info("experiment %s was run from this commit already: applying it (%s)", name, shlex.join(cmd))
+    else:
+        log.info("running %s", out.command)
+    done = subprocess.run(cmd, cwd=paths.ROOT, check=False)
     if done.returncode != 0:
-        raise PipelineError(f"{out.command} failed (exit {done.returncode}); the study is kept: rerun it by hand")
+        raise PipelineError(f"{shlex.join(cmd)} failed (exit {done.returncode}); the study is kept: rerun it by hand")
 
 
 def tune(argv: list[str] | None = None) -> None:

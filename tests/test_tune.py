@@ -100,6 +100,10 @@ def test_trials_nest_in_mlflow_a_bad_one_is_pruned_and_the_winner_reproduces(pro
     assert train["val_accuracy"] == pytest.approx(best_run.data.metrics["best/val_accuracy"], rel=1e-6)
     exps = p.sh("dvc", "exp", "show", "--json").stdout
     assert f"tune-trial-{best.number}" in exps
+    # A second --apply of the same winner (a resume with the budget met) applies that experiment.
+    again = p.sh("python", "-m", "stages.tune", "--trials", "3", "--resume", "--apply")
+    assert f"experiment tune-trial-{best.number} was run from this commit already: applying it" in again.stderr
+    assert p.json("reports/train.json")["val_loss"] == pytest.approx(best.value, rel=1e-6)
 
 
 def _wait_for(cond, timeout: float, what: str) -> None:

@@ -172,6 +172,23 @@ def test_a_storage_password_is_never_shown():
     assert storage.shown("sqlite:////x/optuna.db") == "sqlite:////x/optuna.db"
 
 
+def test_a_resume_refuses_other_fixed_params_and_queues_its_enqueued_trials(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    stored = storage.open_storage(url, stale_after=60)
+    storage.open_study(_params(), "s", False, (), stored, url)
+    changed = parse({"train": {"optimizer": "sgd"}, "tune": {"epochs": 3, "space": SPACE}})
+    with pytest.raises(PipelineError, match="study 's' was made with train.optimizer 'adam', params.yaml has 'sgd'"):
+        storage.open_study(changed, "s", True, (), stored, url)
+    study = storage.open_study(_params(), "s", True, ("train.learning_rate=0.005",), stored, url)
+    waiting = [t.system_attrs["fixed_params"] for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))]
+    assert waiting[-1] == {"train.learning_rate": 0.005}
+    # A study made before its fixed params were recorded resumes, checked on the rest.
+    old = storage.settings(_params())
+    del old["fixed"]
+    study.set_user_attr("settings", old)
+    assert storage.open_study(changed, "s", True, (), stored, url).study_name == "s"
+
+
 def test_a_space_over_models_sets_what_does_not_apply_to_a_trials_model_back():
     from imgclf.core.params import check_space, parse
     from imgclf.tuning.space import trial_params

@@ -112,12 +112,35 @@ def fail_unstarted(study, storage) -> int:
 
 
 def settings(p: Params) -> dict[str, Any]:
-    """What a study is: changing any of it mid-study would mix incomparable trials."""
+    """What a study is: changing any of it mid-study would mix incomparable trials. ``fixed``
+    holds the params that shape every trial and that it does not search (params.yaml's)."""
+    shaping = {**p.shaping("augment"), **p.shaping("train")}
     return {
         "monitor": p.train.early_stopping.monitor,
         "epochs": p.tune.epochs,
         "space": {k: e.model_dump(exclude_none=True) for k, e in p.tune.space.items()},
+        "fixed": {k: v for k, v in shaping.items() if k not in p.tune.space and k != "train.epochs"},
     }
+
+
+def _check_same(name: str, made: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """Refuse to resume study ``name``, ``made`` with other settings than ``wanted``, in one line
+    naming what differs. A study made before ``fixed`` was recorded is not checked on it."""
+    wanted = json.loads(json.dumps(wanted))
+    if {k: made.get(k) for k in ("monitor", "epochs", "space")} != {
+        k: wanted[k] for k in ("monitor", "epochs", "space")
+    }:
+        raise PipelineError(
+            f"study {name!r} was made with other tune settings (space, epochs or monitor) than "
+            "settings.yaml's: restore them, or start another with --study NAME"
+        )
+    was, now = made.get("fixed", wanted["fixed"]), wanted["fixed"]
+    for key in sorted(set(was) | set(now)):
+        if was.get(key) != now.get(key):
+            raise PipelineError(
+                f"study {name!r} was made with {key} {was.get(key)!r}, params.yaml has {now.get(key)!r}: "
+                "its trials would not compare; restore it, or start another with --study NAME"
+            )
 
 
 def open_study(p: Params, name: str, resume: bool, enqueue: tuple[str, ...], storage, url: str):
@@ -136,19 +159,15 @@ def open_study(p: Params, name: str, resume: bool, enqueue: tuple[str, ...], sto
     wanted = settings(p)
     if name in names:
         study = optuna.load_study(study_name=name, storage=storage)
-        if study.user_attrs.get("settings") != json.loads(json.dumps(wanted)):
-            raise PipelineError(
-                f"study {name!r} was made with other tune settings (space, epochs or monitor) than "
-                "settings.yaml's: restore them, or start another with --study NAME"
-            )
-        return study
-    direction = "minimize" if Monitor(p.train).lower_is_better else "maximize"
-    study = optuna.create_study(study_name=name, storage=storage, direction=direction)
-    study.set_user_attr("settings", wanted)
-    first = baseline(p)
-    if first:
-        study.enqueue_trial(first, user_attrs={ATTR_BASELINE: True})
-    for text in enqueue:
+        _check_same(name, study.user_attrs.get("settings") or {}, wanted)
+    else:
+        direction = "minimize" if Monitor(p.train).lower_is_better else "maximize"
+        study = optuna.create_study(study_name=name, storage=storage, direction=direction)
+        study.set_user_attr("settings", wanted)
+        first = baseline(p)
+        if first:
+            study.enqueue_trial(first, user_attrs={ATTR_BASELINE: True})
+    for text in enqueue:  # on a resume too: the trials run next
         study.enqueue_trial(parse_enqueue(text, p))
     return study
 
