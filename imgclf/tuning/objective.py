@@ -109,11 +109,13 @@ def make_objective(p: Params, data, study_run_id: str, worker: str):
     def objective(trial) -> float:
         import keras
 
+        # First: a trial with its worker named is never taken for one a killed process left
+        # before it began (storage.fail_unstarted), however long MLflow takes to answer below.
+        trial.set_user_attr(ATTR_WORKER, worker)
         values = suggest(trial, p)
         tp = trial_params(p, values)
         run_id = tracked.start_trial(study_run_id, trial.number, values, worker)
         trial.set_user_attr(ATTR_RUN, run_id)
-        trial.set_user_attr(ATTR_WORKER, worker)
         log.info("trial %d: %s", trial.number, " ".join(f"{k}={v}" for k, v in values.items()))
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
