@@ -17,6 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 
 from imgclf.console.cli import main
 from imgclf.core import paths
@@ -81,6 +82,37 @@ def spawn_workers(o: Options) -> list[subprocess.Popen]:
     return procs
 
 
+# Seconds a worker gets to stop on its own, then again after a SIGTERM, before a SIGKILL.
+WORKER_GRACE = 60.0
+
+
+def stop_workers(procs: list[subprocess.Popen], signalled: bool) -> None:
+    """Stop the study's other processes, each closing its trial's run. After a signal they
+    most likely had too (Ctrl-C reaches the whole process group), so they are waited for first:
+    a second signal would stop them at once, wherever they are. Those still running get one
+    SIGTERM (what a stage takes as Ctrl-C), then a SIGKILL."""
+    live = [proc for proc in procs if proc.poll() is None]
+    if signalled and live:
+        log.info("waiting for %d other process(es) of the study to close their trials", len(live))
+        live = _still_running(live, WORKER_GRACE)
+    for proc in live:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+    for proc in _still_running(live, WORKER_GRACE):
+        log.warning("process %d did not stop in %.0f s: killing it", proc.pid, WORKER_GRACE)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+
+
+def _still_running(procs: list[subprocess.Popen], seconds: float) -> list[subprocess.Popen]:
+    deadline = time.monotonic() + seconds
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    return [proc for proc in procs if proc.poll() is None]
+
+
 def report(o: Options, out: search.Outcome) -> None:
     """The study's outcome and the winner's command, on stdout."""
     c = out.counts
@@ -134,9 +166,7 @@ def tune(argv: list[str] | None = None) -> None:
         status = "KILLED"
         raise
     finally:
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
+        stop_workers(procs, signalled=status == "KILLED")
         outcome = search.conclude(s, status) if o.worker == 0 else None
         if outcome is not None:
             report(o, outcome)

@@ -160,6 +160,40 @@ def test_a_killed_study_of_two_processes_resumes_and_finishes(project: Project):
     running = [t.number for t in before if t.state.name == "RUNNING"]
     assert running, "the kill left trials running"
 
+    # Ctrl-C (SIGINT to the process group, as a terminal sends it) while both processes train
+    # again: each closes its trial's run and stops, the command after its second process.
+    def both_training_since(first: int) -> bool:
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+                rows = con.execute(
+                    "SELECT a.value_json FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+                    "WHERE t.state = 'RUNNING' AND t.number >= ? AND a.key = 'worker'",
+                    (first,),
+                ).fetchall()
+        except sqlite3.Error:
+            return False
+        return len({row[0] for row in rows}) == 2
+
+    ctrl_c = subprocess.Popen(
+        ["python", "-m", "stages.tune", "--trials", "5", "--resume", "--jobs", "2"],
+        cwd=p.root,
+        env=p.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: both_training_since(len(before)) or ctrl_c.poll() is not None, 240, "both at work again")
+        os.killpg(ctrl_c.pid, signal.SIGINT)
+        assert ctrl_c.wait(timeout=150) == 130, ctrl_c.stderr.read()[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(ctrl_c.pid, signal.SIGKILL)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(ctrl_c.pid, 0)  # the second process is gone too
+    assert [t for t in _study(p).trials[len(before) :] if t.state.name == "FAIL"], "no trial was interrupted"
+    assert not [r.info.run_name for r in _children(p, study_run) if r.info.status == "RUNNING"]
+
     again = p.sh("python", "-m", "stages.tune", "--trials", "5", "--resume")
     study = _study(p)
     states = [t.state.name for t in study.trials]

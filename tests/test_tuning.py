@@ -227,3 +227,37 @@ def test_a_trial_left_running_before_its_first_heartbeat_is_failed_and_queued_ag
     queued = [t for t in study.trials if t.state.name == "WAITING"]
     assert [t.system_attrs["failed_trial"] for t in queued] == [orphan.number]
     assert storage.fail_unstarted(study, stored) == 0  # once
+
+
+CLOSING_WORKER = """
+import sys, time
+from imgclf.console import interrupt
+interrupt.install()
+open(sys.argv[1] + ".ready", "w").close()
+try:
+    while True:
+        time.sleep(0.05)
+except KeyboardInterrupt:
+    with interrupt.deferred():  # as a trial's run is closed after Ctrl-C
+        time.sleep(1.0)
+        open(sys.argv[1], "w").write("closed")
+    raise
+"""
+
+
+def test_after_ctrl_c_the_other_processes_close_their_trials_before_anything_stops_them(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from stages.tune import stop_workers
+
+    marker = tmp_path / "closed"
+    proc = subprocess.Popen([sys.executable, "-c", CLOSING_WORKER, str(marker)])
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "closed.ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # the terminal's Ctrl-C reaches it as it reaches the command
+    stop_workers([proc], signalled=True)
+    assert proc.poll() is not None and marker.read_text() == "closed"

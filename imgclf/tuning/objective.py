@@ -8,6 +8,7 @@ import json
 import logging
 import math
 
+from imgclf.console import interrupt
 from imgclf.core import paths
 from imgclf.core.params import Params
 from imgclf.tuning.space import suggest, trial_params
@@ -142,7 +143,11 @@ def make_objective(p: Params, data, study_run_id: str, worker: str):
             status = "KILLED"
             raise
         finally:
-            tracked.end_trial(run_id, state, metrics, status=status)
+            # A first signal arriving now (Ctrl-C reaches every process of the study at once)
+            # waits for the run to be closed (search.optimize stops after the trial); a second
+            # one stops at once.
+            with interrupt.deferred():
+                tracked.end_trial(run_id, state, metrics, status=status)
             keras.backend.clear_session()
 
     return objective

@@ -31,6 +31,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from imgclf.console import interrupt
 from imgclf.core import paths
 from imgclf.core.errors import PipelineError
 from imgclf.core.params import Params, check_space
@@ -153,6 +154,7 @@ def optimize(s: Search) -> None:
     def after_trial(study, trial) -> None:
         tracked.update_study(s.run_id, *study_figures(s.p, study), step=trial.number)
         stored.fail_unstarted(study, s.storage)  # one too young when the study opened
+        interrupt.check()  # a signal that came as the trial closed: stop before the next one
 
     budget = optuna.study.MaxTrialsCallback(
         s.o.trials, states=tuple(optuna.trial.TrialState[state] for state in stored.FINISHED)
