@@ -48,7 +48,7 @@ def run(p: Params) -> None:
         rec.record(evaluate(p, data, model))
     result_run = tracking.close_result(p, rec)
     if p.mlflow.register_model:
-        tracking.promote_champion(p, rec, result_run)
+        tracking.promote_champion(p, rec, result_run, data.labels)
 
 
 def evaluate(p: Params, data: Prepared, model) -> StageResult:

@@ -530,11 +530,11 @@ def test_the_champion_alias_moves_only_to_a_better_version(mlflow_store: str):
     client = mlflow.MlflowClient()
     client.create_registered_model("clf")
 
-    def evaluated(accuracy: float, minimum: float = 0.0) -> tuple[bool, str]:
+    def evaluated(accuracy: float, minimum: float = 0.0, labels=("cat", "dog")) -> tuple[bool, str]:
         with tracking.recorder("train", P) as rec:  # a train run that registered its model
             pass
         client.create_model_version("clf", f"runs:/{rec.run_id}/keras_model", run_id=rec.run_id)
-        return promote("clf", "test_accuracy", minimum, {"test_accuracy": accuracy}, rec.run_id, exp_id)
+        return promote("clf", "test_accuracy", minimum, {"test_accuracy": accuracy}, rec.run_id, exp_id, list(labels))
 
     def champion() -> str:
         return str(client.get_model_version_by_alias("clf", CHAMPION).version)
@@ -549,8 +549,13 @@ def test_the_champion_alias_moves_only_to_a_better_version(mlflow_store: str):
     assert evaluated(0.95) == (True, "version 5 is the champion (was version 1): test_accuracy 0.9500")
     assert champion() == "5"
     assert client.get_model_version("clf", "5").tags["imgclf.test_accuracy"] == "0.95"
+    # Better figures on other classes (an easier dataset) never take the alias.
+    for other in (("cat", "dog", "fox"), ("dog", "cat")):
+        promoted, why = evaluated(0.99, labels=other)
+        assert not promoted and "has other classes than champion version 5" in why
+    assert champion() == "5" and client.get_model_version("clf", "5").tags["imgclf.labels"] == '["cat", "dog"]'
     # A model that was never registered is said so.
-    promoted, why = promote("clf", "test_accuracy", 0.0, {"test_accuracy": 1.0}, "no-such-run", exp_id)
+    promoted, why = promote("clf", "test_accuracy", 0.0, {"test_accuracy": 1.0}, "no-such-run", exp_id, ["cat"])
     assert not promoted and "mlflow.register: false" in why
 
 

@@ -57,16 +57,30 @@ def _champion_figure(client, champion, metric: str, experiment_id: str) -> float
     return run.data.metrics.get(metric) if run else None
 
 
+# A registered version's classes, in its outputs' order (JSON), tagged when it is evaluated.
+LABELS_TAG = "imgclf.labels"
+
+
 def promote(
-    name: str, metric: str, minimum: float, figures: dict[str, float], train_run_id: str | None, experiment_id: str
+    name: str,
+    metric: str,
+    minimum: float,
+    figures: dict[str, float],
+    train_run_id: str | None,
+    experiment_id: str,
+    labels: list[str],
 ) -> tuple[bool, str]:
     """Move the alias ``champion`` of registered model ``name`` to the version that train run
     ``train_run_id`` registered, if its ``metric`` (in ``figures``, this evaluation's) reaches
-    ``minimum`` and beats the current champion's; a tie keeps the champion.
+    ``minimum`` and beats the current champion's; a tie keeps the champion. A champion with
+    other classes (``labels``, in the model's output order) is never replaced: what follows the
+    alias would start answering with other classes.
 
-    The version gets every figure as a tag (``imgclf.test_accuracy``), so the next comparison
-    reads the champion's from the registry. Returns (promoted, why) for the run's record.
+    The version gets every figure as a tag (``imgclf.test_accuracy``) and its classes, so the
+    next comparison reads the champion's from the registry. Returns (promoted, why).
     """
+    import json
+
     from mlflow.exceptions import MlflowException
 
     client = outage.client()
@@ -78,6 +92,7 @@ def promote(
     version = str(max(versions, key=lambda v: int(v.version)).version)
     for key, value in figures.items():
         client.set_model_version_tag(name, version, FIGURE_TAG + key, str(value))
+    client.set_model_version_tag(name, version, LABELS_TAG, json.dumps(labels, ensure_ascii=False))
     value = figures[metric]
     if value < minimum:
         return False, f"version {version}: {metric} {value:.4f} is below evaluate.promote.min {minimum}"
@@ -87,6 +102,11 @@ def promote(
         champion = None
     if champion is not None and str(champion.version) == version:
         return False, f"version {version} is the champion already"
+    if champion is not None and LABELS_TAG in champion.tags and json.loads(champion.tags[LABELS_TAG]) != labels:
+        return False, (
+            f"version {version} has other classes than champion version {champion.version} (or another order): "
+            "register it under another mlflow.model_name, or move the alias by hand"
+        )
     if champion is not None:
         best = _champion_figure(client, champion, metric, experiment_id)
         if best is None:

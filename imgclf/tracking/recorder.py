@@ -169,10 +169,10 @@ def close_result(p: Params, rec: Recorder) -> str:
     return pipeline_id
 
 
-def promote_champion(p: Params, rec: Recorder, pipeline_id: str) -> bool:
-    """Apply the champion rule (``evaluate.promote``) to the model ``rec`` evaluated; tag the
-    outcome (promoted or not, and why) on its run and on the pipeline run. Returns whether the
-    alias moved."""
+def promote_champion(p: Params, rec: Recorder, pipeline_id: str, labels: list[str]) -> bool:
+    """Apply the champion rule (``evaluate.promote``) to the model ``rec`` evaluated (its classes
+    ``labels``, in its outputs' order); tag the outcome (promoted or not, and why) on its run and
+    on the pipeline run. Returns whether the alias moved."""
 
     result = rec.result
     made = lineage.find_stage_run(
@@ -187,6 +187,7 @@ def promote_champion(p: Params, rec: Recorder, pipeline_id: str) -> bool:
             figures,
             made.info.run_id if made else None,
             rec.experiment_id,
+            labels,
         )
     log.info("%s: %s", "promoted" if promoted else "not promoted", why)
     client = outage.client()
