@@ -429,6 +429,14 @@ def test_runs_that_can_never_end_are_closed_killed_when_a_stage_starts(mlflow_st
     assert status[alive].info.status == status[elsewhere].info.status == status[kept].info.status == "RUNNING"
 
 
+def test_class_names_that_make_one_metric_name_keep_both_figures():
+    from imgclf.tracking.recorder import _metrics
+
+    sent = _metrics({"test_f1/a+b": 0.5, "test_f1/a&b": 0.75, "test_f1/c": 1.0})
+    assert len(sent) == 3 and sent["test_f1/c"] == 1.0
+    assert sorted(v for k, v in sent.items() if k.startswith("test_f1/a_b-")) == [0.5, 0.75]
+
+
 def test_metric_key_is_safe():
     assert runs.metric_key("sea lions!") == "sea lions_"
     assert runs.metric_key("猫") == "猫"

@@ -198,4 +198,14 @@ def promote_champion(p: Params, rec: Recorder, pipeline_id: str, labels: list[st
 
 
 def _metrics(metrics: dict[str, float]) -> dict[str, float]:
-    return {runs.metric_key(k): float(v) for k, v in metrics.items()}
+    """``metrics`` under names MLflow takes; names that become the same (the classes ``a+b`` and
+    ``a&b`` both as ``a_b``) each get a suffix from the name they had, so none overwrites another."""
+    import collections
+    import hashlib
+
+    keys = {k: runs.metric_key(k) for k in metrics}
+    shared = {key for key, n in collections.Counter(keys.values()).items() if n > 1}
+    return {
+        (f"{keys[k]}-{hashlib.md5(k.encode()).hexdigest()[:6]}" if keys[k] in shared else keys[k]): float(v)
+        for k, v in metrics.items()
+    }
