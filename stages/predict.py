@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--model",
         help="a .h5 file, runs:/<run id>, runs:/<run id>/keras_model or "
-        "models:/<name>/<version> or models:/<name>@champion (default: models/model.h5)",
+        "models:/<name>/<version>, models:/<name>/latest or models:/<name>@champion (default: models/model.h5)",
     )
     ap.add_argument("--top", type=int, default=1, metavar="K", help="show the K most likely labels")
     ap.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -310,6 +310,7 @@ def test_a_backbone_started_from_a_model_of_ours_trains_evaluates_and_records_it
     (version,) = MlflowClient(p.tracking_uri).search_model_versions(f"run_id = '{run.info.run_id}'")
     by_version, _ = fetch_model(f"models:/{version.name}/{version.version}")
     assert md5_file(by_version) == trained
+    assert md5_file(fetch_model(f"models:/{version.name}/latest")[0]) == trained  # the newest version
 
     # The champion (the template's CNN) is not this architecture: one line, nothing trained.
     champion = TrainParams(**SMALL, init="models:/image-classifier@champion")

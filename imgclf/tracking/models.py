@@ -147,11 +147,15 @@ def fetch_model(uri: str, what: str = "train.init"):
             run_id = uri[len("runs:/") :].strip("/").split("/")[0]
         else:
             name, _, ref = uri[len("models:/") :].strip("/").replace("@", "/@", 1).partition("/")
-            version = (
-                client.get_model_version_by_alias(name, ref[1:])
-                if ref.startswith("@")
-                else client.get_model_version(name, ref)
-            )
+            if ref.startswith("@"):
+                version = client.get_model_version_by_alias(name, ref[1:])
+            elif ref == "latest":
+                versions = client.search_model_versions(f"name = '{name}'")
+                if not versions:
+                    raise PipelineError(f"{what} {uri}: the registry has no version of {name}")
+                version = max(versions, key=lambda v: int(v.version))
+            else:
+                version = client.get_model_version(name, ref)
             run_id = version.run_id
         folder = Path(tempfile.mkdtemp(prefix="imgclf-model-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
