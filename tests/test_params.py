@@ -102,6 +102,21 @@ def test_load_reports_yaml_syntax_errors(tmp_path: Path):
         params.load(bad)
 
 
+def test_params_read_as_dvc_reads_them(tmp_path: Path):
+    # YAML 1.2, as DVC writes `-S` values: off is a word, 1e-3 a number; folders named 0-9 by
+    # number; an empty settings section lays nothing over params.yaml's.
+    (tmp_path / "params.yaml").write_text(
+        "data: {labels: [0, 1, yes, no], source: data/x}\ntrain: {mixed_precision: off, learning_rate: 1e-3}\n"
+    )
+    (tmp_path / "settings.yaml").write_text("train:\n  # resume: true\n")
+    p = params.load(tmp_path / "params.yaml")
+    assert p.data.labels == ["0", "1", "yes", "no"]
+    assert (p.train.mixed_precision, p.train.learning_rate) == ("off", 0.001)
+    (tmp_path / "params.yaml").write_text("data: {source: ~/photos}\n")
+    with pytest.raises(PipelineError, match="'data.source' starts with ~, which DVC does not expand"):
+        params.load(tmp_path / "params.yaml")
+
+
 def test_load_missing_file(tmp_path: Path):
     with pytest.raises(PipelineError, match="not found"):
         params.load(tmp_path / "nope.yaml")

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from imgclf import pipeline
@@ -59,6 +58,21 @@ class DataParams(_Section):
     val_size: float = Field(0.2, ge=0, lt=1)
     on_bad_image: Literal["skip", "fail"] = "skip"
     duplicates: Literal["group", "keep", "drop"] = "group"
+
+    @field_validator("source")
+    @classmethod
+    def _no_home_shorthand(cls, v: str) -> str:
+        if v.startswith("~"):
+            raise ValueError("starts with ~, which DVC does not expand: write the folder's absolute path")
+        return v
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _numbers_name_folders(cls, v: Any) -> Any:
+        # Folders named 0-9 (the demo's) are numbers to YAML: the names are their text.
+        if isinstance(v, list):
+            return [str(x) if isinstance(x, int | float) and not isinstance(x, bool) else x for x in v]
+        return v
 
     @field_validator("labels")
     @classmethod
@@ -457,14 +471,19 @@ def load(path: str | Path) -> Params:
 
 
 def _read_yaml(path: Path, missing: str | None) -> Any:
-    """A YAML file's content; a missing file is None, or an error saying ``missing``."""
+    """A YAML file's content; a missing file is None, or an error saying ``missing``.
+
+    Read as YAML 1.2, as DVC reads and writes params.yaml (``-S``, ``params diff``): ``off``,
+    ``yes`` and ``1e-3`` are a word, a word and a number, not two booleans and a word (YAML 1.1)."""
+    from ruamel.yaml import YAML, YAMLError
+
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         if missing is None:
             return None
         raise PipelineError(f"{path}: {missing}") from None
-    except yaml.YAMLError as err:
+    except YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise PipelineError(f"{path}:{where} is not valid YAML: {getattr(err, 'problem', err)}") from None
@@ -474,6 +493,8 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """``base`` with ``extra`` laid over it, section by section (a deep merge of mappings)."""
     out = dict(base)
     for key, value in extra.items():
+        if value is None and isinstance(out.get(key), dict):
+            continue  # an empty section (its keys commented out) lays nothing over
         out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
     return out
 
