@@ -3,7 +3,6 @@ spells them, the study's first trial (params.yaml's own values) and ``--enqueue`
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
@@ -59,8 +58,9 @@ def baseline(p: Params) -> dict[str, Any]:
 
 def parse_enqueue(text: str, p: Params) -> dict[str, Any]:
     """``--enqueue 'train.learning_rate=0.003,train.batch_size=64'`` as a trial to run first."""
-    import yaml
+    from ruamel.yaml import YAML
 
+    read = YAML(typ="safe", pure=True).load  # YAML 1.2, as params.yaml is read: off is a word
     out = {}
     for part in filter(None, (s.strip() for s in _split_top(text))):
         key, sep, value = part.partition("=")
@@ -68,11 +68,7 @@ def parse_enqueue(text: str, p: Params) -> dict[str, Any]:
             raise PipelineError(
                 f"--enqueue {part!r}: give KEY=VALUE with KEY one of tune.space: {', '.join(p.tune.space)}"
             )
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads 5e-3 as text
-            with contextlib.suppress(ValueError):
-                parsed = float(parsed)
-        out[key] = encode(parsed)
+        out[key] = encode(read(value))
     return out
 
 
