@@ -254,11 +254,14 @@ def test_a_resume_in_the_second_phase_ends_as_the_uninterrupted_run(imagenet_lik
     assert open_checkpoints(p, "data", init={**init, "md5": "another file"}).state is None
 
 
-def test_the_origin_is_what_the_checkpoint_and_the_run_record(imagenet_like, monkeypatch):
+def test_the_origin_is_what_the_checkpoint_and_the_run_record(imagenet_like, monkeypatch, tmp_path):
     home, _ = imagenet_like
-    monkeypatch.setenv("KERAS_HOME", str(home))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # the first run: Keras has not downloaded the file yet
+    before = resolve(TrainParams(**SMALL, init="imagenet"))
+    monkeypatch.setenv("KERAS_HOME", str(home))  # its resume: the file is there
     origin = resolve(TrainParams(**SMALL, init="imagenet"))
-    assert origin.key() == {"kind": "imagenet", "source": "imagenet", "md5": origin.md5}
+    assert before.md5 is None and origin.md5 and origin.params()["init.md5"] == origin.md5
+    assert origin.key() == before.key() == {"kind": "imagenet", "source": "imagenet"}
     assert Origin("none", "none").params() == {"init.kind": "none"}
     uri = Origin("model", "models:/m@champion", file=home, md5="x").params()
     assert uri["init.uri"] == "models:/m@champion" and uri["init.md5"] == "x"
