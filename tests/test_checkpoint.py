@@ -62,7 +62,22 @@ def test_same_params_and_data_resume_and_anything_else_starts_fresh(monkeypatch,
     caplog.clear()
     other_data = open_checkpoints(parse({"train": {"learning_rate": 0.01}}), "data-2")
     assert other_data.state is None and "changed: the prepared data" in caplog.text
+    _commit(other_data)
     other_data.close()
+
+    # mixed_precision auto on a machine that has changed (a GPU gone): another policy, another
+    # optimizer, so a fresh start rather than a restore that fails.
+    caplog.clear()
+    came_to = checkpoint.identity(parse({}), "data-2")["precision"]
+    other = "mixed_float16" if came_to != "mixed_float16" else "float32"
+
+    def resolve_elsewhere(setting: str, gpu=None, bf16=None) -> str:  # noqa: ARG001
+        return other
+
+    monkeypatch.setattr("imgclf.training.runtime.resolve_precision", resolve_elsewhere)
+    moved = open_checkpoints(parse({"train": {"learning_rate": 0.01}}), "data-2")
+    assert moved.state is None and f"the precision train.mixed_precision comes to ({came_to} -> {other})" in caplog.text
+    moved.close()
 
 
 def test_resume_false_removes_the_checkpoint_and_keeps_none(monkeypatch, tmp_path: Path):

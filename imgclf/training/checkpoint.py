@@ -73,8 +73,17 @@ def code_digest(root: Path | None = None) -> str:
 def identity(p: Params, data_fingerprint: str, init: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a checkpoint must match to be resumed; ``init``: the starting weights' origin
     (:meth:`imgclf.training.origin.Origin.key`), when there are any."""
+    from imgclf.training.runtime import resolve_precision
+
     params = p.shaping("train")
-    ident = {"params": params, "data": data_fingerprint, "code": code_digest()}
+    # The policy ``auto`` comes to on this machine: another one (a GPU gone) builds another
+    # optimizer, which the checkpoint cannot be restored into.
+    ident = {
+        "params": params,
+        "data": data_fingerprint,
+        "code": code_digest(),
+        "precision": resolve_precision(p.train.mixed_precision),
+    }
     return {**ident, "init": init} if init else ident
 
 
@@ -89,6 +98,8 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         out.append("the prepared data")
     if old.get("init") != new.get("init"):
         out.append("the starting weights (train.init)")
+    if old.get("precision") != new.get("precision"):
+        out.append(f"the precision train.mixed_precision comes to ({old.get('precision')} -> {new.get('precision')})")
     if old.get("code") != new.get("code"):
         out.append("the code")
     return out or ["its format"]
