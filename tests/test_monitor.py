@@ -8,7 +8,7 @@ import pytest
 
 from imgclf.core.errors import PipelineError
 from imgclf.core.params import TrainParams, parse
-from imgclf.training.monitor import Monitor, MonitorState
+from imgclf.training.monitor import Monitor, MonitorState, next_phase
 
 
 def _run(p: TrainParams, values: list[float]) -> tuple[list[float], list[bool], MonitorState]:
@@ -37,6 +37,28 @@ def test_early_stopping_waits_patience_epochs_and_never_stops_when_off():
     assert len(stops) == 6 and stops[-1] and state.best_epoch == 4  # epochs 5 and 6 did not beat 0.4
     _, stops, _ = _run(TrainParams(epochs=20), [1.0] + [2.0] * 10)
     assert not any(stops) and len(stops) == 11
+
+
+def test_the_frozen_phase_never_stops_a_fine_tuning_and_patience_counts_anew_after_it():
+    from imgclf.training.backbones import phase_at, phases
+
+    p = TrainParams(
+        model="mobilenet_v3_small",
+        init="imagenet",
+        epochs=10,
+        fine_tune={"frozen_epochs": 6},
+        early_stopping={"monitor": "val_loss", "patience": 3},
+    )
+    plan = phases(p, pretrained=True)
+    monitor, stops = Monitor(p), []
+    state = monitor.initial()
+    # The head alone plateaus from epoch 3; the top layers learning bring the loss down at 9.
+    for epoch, value in enumerate([0.9, 0.7, 0.69, 0.70, 0.695, 0.71, 0.72, 0.71, 0.5, 0.6], start=1):
+        decision = monitor.update(state, epoch, {"val_loss": value})
+        stops.append(next_phase(decision, state, ends_phase=phase_at(plan, epoch).last == epoch < p.epochs).stop)
+        if stops[-1]:
+            break
+    assert stops == [False] * 10 and state.best_epoch == 9
 
 
 def test_cosine_goes_from_the_full_rate_towards_zero_over_the_epochs():

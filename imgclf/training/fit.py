@@ -33,7 +33,7 @@ from imgclf.core.params import Params, TrainParams
 from imgclf.core.prepared import Prepared
 from imgclf.training.backbones import FineTuning
 from imgclf.training.checkpoint import Checkpoints, CheckpointWriter
-from imgclf.training.monitor import Monitor, MonitorState
+from imgclf.training.monitor import Monitor, MonitorState, next_phase
 from imgclf.training.origin import Origin, copy_from, resolve
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,9 @@ class Session:
         self.progress.close()
         row = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}, "learning_rate": self.rate}
         decision = self.monitor.update(self.state.monitor, epoch, row)
+        decision = next_phase(
+            decision, self.state.monitor, ends_phase=self.tuning.at(epoch).last == epoch < self.p.epochs
+        )
         if decision.improved:
             self.best.keep()
         self._count_time(images=self._images_between(self.state.step, self.steps))

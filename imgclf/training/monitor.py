@@ -54,6 +54,16 @@ class Decision:
     stop: bool
 
 
+def next_phase(decision: Decision, state: MonitorState, ends_phase: bool) -> Decision:
+    """``decision`` at the end of an epoch that ``ends_phase`` of fine-tuning (the backbone
+    frozen, before its top layers learn): no stop, and patience counts anew in the next phase,
+    which has not had its chance (a head alone plateaus fast)."""
+    if not ends_phase:
+        return decision
+    state.wait = state.plateau_wait = 0
+    return Decision(improved=decision.improved, stop=False)
+
+
 class Monitor:
     """Applies the rules above for one training's :class:`TrainParams`."""
 
