@@ -229,6 +229,9 @@ def test_the_head_learns_alone_then_the_top_layers_slower_and_batchnorm_never(fi
     assert later - head and later <= top | head
     batchnorm = {w.path for layer in inner if type(layer).__name__ == "BatchNormalization" for w in layer.weights}
     assert not moved(start, seen[3]) & batchnorm
+    # The second phase started with a new optimizer's state: its step count is its own 2 epochs
+    # of 3 steps (24 images, batch 8), so Adam's first steps for the top layers are corrected.
+    assert int(trained.model.optimizer.iterations) == 2 * 3
 
 
 @pytest.mark.slow

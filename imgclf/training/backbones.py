@@ -184,12 +184,16 @@ class FineTuning:
         phase = next((ph for ph in self.plan if not ph.frozen), self.plan[-1])
         set_trainable(model, self.p, phase, self.pretrained)
 
-    def enter(self, model, epoch: int, recompile: bool = True) -> bool:
+    def enter(self, model, epoch: int, recompile: bool = True, starting: bool = True) -> bool:
         """Set ``model``'s layers for ``epoch``'s phase; recompile a changed model (Keras fixes the
-        variables a step updates when it compiles). Returns whether anything changed."""
-        from imgclf.training.model import compile_model
+        variables a step updates when it compiles). ``starting``: ``epoch`` starts now, not
+        resumed mid-way; the first epoch of a later phase then gets a new optimizer's state (as
+        Keras's own fine-tuning recipe compiles a new optimizer). Returns whether anything changed."""
+        from imgclf.training.model import compile_model, restart_optimizer
 
         phase = self.at(epoch)
+        if starting and epoch == phase.first > 1:
+            restart_optimizer(model.optimizer)
         changed = set_trainable(model, self.p, phase, self.pretrained)
         if changed:
             learning = sum(math.prod(w.shape) for w in model.trainable_weights)

@@ -304,7 +304,7 @@ def _fit_keras(model, data: Prepared, p: TrainParams, seed: int, session: Sessio
     at = session.state
     while not at.stopped and at.epoch < p.epochs:
         epoch, skip = at.epoch + 1, at.step
-        session.tuning.enter(model, epoch)
+        session.tuning.enter(model, epoch, starting=not skip)
         last = epoch if skip else session.tuning.at(epoch).last
         model.fit(
             training_batches(x, y, p.batch_size, seed, epoch, last, skip=skip),

@@ -71,6 +71,19 @@ def make_optimizer(name: str, learning_rate: float):
     return optimizer
 
 
+def restart_optimizer(optimizer) -> None:
+    """Set ``optimizer``'s state (its step count and every slot: moments, velocities) back to a
+    new one's, keeping its rate; a loss-scaling wrapper keeps its scale. Adam corrects its first
+    steps' moments by the step count: left at the first phase's count, the layers that start
+    learning in the second took steps of 2-6 times the rate until their moments filled."""
+    import keras
+
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # mixed_float16's LossScaleOptimizer
+    for variable in inner.variables:
+        if variable is not inner.learning_rate:
+            variable.assign(keras.ops.zeros_like(variable))
+
+
 def fuse_adam(optimizer) -> None:
     """Make ``optimizer`` (a Keras Adam or AdamW) update each variable with TensorFlow's fused
     ``ResourceApplyAdam`` kernel.

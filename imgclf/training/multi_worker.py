@@ -55,7 +55,7 @@ def fit_multi_worker(model, strategy, data, p: TrainParams, seed: int, session) 
         epoch = at.epoch + 1
         if session.tuning.at(epoch) != phase:  # a fine-tuning phase: steps for the layers that learn in it
             phase = session.tuning.at(epoch)
-            session.tuning.enter(model, epoch, recompile=False)
+            session.tuning.enter(model, epoch, recompile=False, starting=not at.step)
             train_step, val_step, agree = _step_functions(model, strategy, global_batch, weights)
         session.begin_epoch(epoch)
         totals = np.array(at.partial if at.step else [0.0, 0.0, 0.0])
