@@ -23,7 +23,8 @@ def main() -> None:
         name, _, what = job.partition(":")
         if name not in strategies:
             strategies[name] = make_strategy(name)
-        result = (fine_tune if what == "finetune" else train_cnn)(name, strategies[name])
+        job_of = {"finetune": fine_tune, "rows": resumed_rows}
+        result = job_of.get(what, train_cnn)(name, strategies[name])
         print(json.dumps({"job": job, **result}), flush=True)
 
 
@@ -71,6 +72,25 @@ def train_cnn(strategy_name: str, strategy) -> dict:
         "epochs": len(history),
         "weights_md5": weights_md5(model),
     }
+
+
+def resumed_rows(strategy_name: str, strategy) -> dict:  # noqa: ARG001
+    """The rows each replica reads in steps 2 and 3 of the sharded input, uninterrupted and
+    resumed after step 1: a resume must read what the uninterrupted run read."""
+    from imgclf.training.multi_worker import _sharded_batches
+
+    x = np.arange(60, dtype=np.uint8).reshape(60, 1, 1, 1)  # each row's image is its number
+    y = np.zeros(60, dtype=np.uint8)
+
+    def rows(skip: int, steps: int) -> list[list[int]]:
+        batches = iter(_sharded_batches(strategy, x, y, global_batch=8, seed=0, skip=skip))
+        out = []
+        for _ in range(steps):
+            images, _ = next(batches)
+            out.append(sorted(int(v) for t in strategy.experimental_local_results(images) for v in t.numpy().ravel()))
+        return out
+
+    return {"uninterrupted": rows(0, 3)[1:], "resumed": rows(1, 2)}
 
 
 def fine_tune(strategy_name: str, strategy) -> dict:

@@ -62,7 +62,7 @@ def _run_workers(
 def local() -> dict:
     """One device and MirroredStrategy on two logical CPUs, one after the other in one process."""
     proc = subprocess.run(
-        [sys.executable, "-m", "tests._train_probe", "default", "mirrored"],
+        [sys.executable, "-m", "tests._train_probe", "default", "mirrored", "mirrored:rows"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -87,6 +87,9 @@ def test_mirrored_on_two_logical_cpus(local: dict):
     assert (single["replicas"], mirrored["replicas"]) == (1, 2)
     assert single["accuracy"] >= 0.9
     assert mirrored["accuracy"] >= single["accuracy"] - 0.1
+    # Two replicas on one input pipeline: a resume after step 1 reads steps 2 and 3's rows.
+    rows = local["mirrored:rows"]
+    assert rows["resumed"] == rows["uninterrupted"] and len(rows["resumed"][0]) == 8
 
 
 def test_multi_worker_on_two_local_processes(local: dict, two_workers: list[dict]):

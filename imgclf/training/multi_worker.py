@@ -106,13 +106,15 @@ def _sharded_batches(strategy, x: np.ndarray, y: np.ndarray, global_batch: int, 
     """Endless per-replica batches, each worker reading its own share; ``skip`` steps done."""
 
     def one_pipeline(context):
+        # A step takes a batch for each of the pipeline's replicas (a worker's GPUs).
+        replicas_here = strategy.num_replicas_in_sync // context.num_input_pipelines
         return shard_batches(
             x,
             y,
             context.get_per_replica_batch_size(global_batch),
             seed,
             shard=(context.num_input_pipelines, context.input_pipeline_id),
-            skip=skip,
+            skip=skip * replicas_here,
         )
 
     return strategy.distribute_datasets_from_function(one_pipeline)
