@@ -46,6 +46,10 @@ def test_a_class_with_nothing_to_measure_is_left_out_of_the_macro_averages():
     wrong = evaluation.score(np.array([0, 0, 1]), np.eye(3)[[0, 2, 1]], ["x", "y", "z"])
     assert wrong["metrics"]["test_macro_precision"] == pytest.approx((1 + 1 + 0) / 3)
     assert wrong["metrics"]["test_macro_recall"] == pytest.approx((0.5 + 1) / 2)
+    # A class with test images that is never predicted is a measured failure: precision 0.
+    lazy = evaluation.score(np.array([0, 0, 1, 1]), np.eye(2)[[0, 0, 0, 0]], ["a", "b"])
+    assert lazy["metrics"]["test_macro_precision"] == pytest.approx((0.5 + 0) / 2)
+    assert lazy["metrics"]["test_macro_f1"] == pytest.approx((2 / 3 + 0) / 2)
 
 
 def test_class_names_are_drawn_as_written_and_many_classes_make_a_bounded_picture(tmp_path: Path):

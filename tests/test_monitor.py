@@ -8,7 +8,7 @@ import pytest
 
 from imgclf.core.errors import PipelineError
 from imgclf.core.params import TrainParams, parse
-from imgclf.training.monitor import Monitor, MonitorState, next_phase
+from imgclf.training.monitor import Monitor, MonitorState, within_phases
 
 
 def _run(p: TrainParams, values: list[float]) -> tuple[list[float], list[bool], MonitorState]:
@@ -50,15 +50,20 @@ def test_the_frozen_phase_never_stops_a_fine_tuning_and_patience_counts_anew_aft
         early_stopping={"monitor": "val_loss", "patience": 3},
     )
     plan = phases(p, pretrained=True)
-    monitor, stops = Monitor(p), []
-    state = monitor.initial()
-    # The head alone plateaus from epoch 3; the top layers learning bring the loss down at 9.
-    for epoch, value in enumerate([0.9, 0.7, 0.69, 0.70, 0.695, 0.71, 0.72, 0.71, 0.5, 0.6], start=1):
-        decision = monitor.update(state, epoch, {"val_loss": value})
-        stops.append(next_phase(decision, state, ends_phase=phase_at(plan, epoch).last == epoch < p.epochs).stop)
-        if stops[-1]:
-            break
-    assert stops == [False] * 10 and state.best_epoch == 9
+    # The head alone plateaus from epoch 3 (patience runs out at 6, or at 5 with patience 2); the
+    # top layers learning bring the loss down from epoch 8.
+    for patience in (3, 2):
+        p = p.model_copy(update={"early_stopping": p.early_stopping.model_copy(update={"patience": patience})})
+        monitor, stops = Monitor(p), []
+        state = monitor.initial()
+        for epoch, value in enumerate([0.9, 0.7, 0.69, 0.70, 0.695, 0.71, 0.72, 0.5, 0.45, 0.44], start=1):
+            phase = phase_at(plan, epoch)
+            decision = monitor.update(state, epoch, {"val_loss": value})
+            decision = within_phases(decision, state, phase.last < p.epochs, ends_phase=epoch == phase.last)
+            stops.append(decision.stop)
+            if stops[-1]:
+                break
+        assert stops == [False] * 10 and state.best_epoch == 10, patience
 
 
 def test_cosine_goes_from_the_full_rate_towards_zero_over_the_epochs():

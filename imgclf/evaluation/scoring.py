@@ -20,12 +20,14 @@ def score(y_true: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str,
     y_pred = probs.argmax(axis=1)
     k = range(len(labels))
     picked = np.clip(probs[np.arange(len(y_true)), y_true], _EPS, 1.0)
-    # A figure with nothing to measure (recall of a class with no test image, precision of one
-    # never predicted) is left out of the macro averages, as a small class can miss the test set;
-    # per class it reads 0.
+    # A class with no test image and never predicted has nothing to measure: it is left out of
+    # the macro averages (a small class can miss the test set); per class it reads 0. A class
+    # with test images that is never predicted scores precision 0, as before.
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=list(k), zero_division=np.nan
     )
+    present = support > 0
+    precision, f1 = np.where(present, np.nan_to_num(precision), precision), np.where(present, np.nan_to_num(f1), f1)
     per_class = {
         labels[i]: {
             "precision": float(np.nan_to_num(precision[i])),

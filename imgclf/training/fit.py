@@ -33,7 +33,7 @@ from imgclf.core.params import Params, TrainParams
 from imgclf.core.prepared import Prepared
 from imgclf.training.backbones import FineTuning
 from imgclf.training.checkpoint import Checkpoints, CheckpointWriter
-from imgclf.training.monitor import Monitor, MonitorState, next_phase
+from imgclf.training.monitor import Monitor, MonitorState, within_phases
 from imgclf.training.origin import Origin, copy_from, resolve
 
 log = logging.getLogger(__name__)
@@ -171,9 +171,9 @@ class Session:
         self.progress.close()
         row = {"epoch": epoch, **{k: float(v) for k, v in logs.items()}, "learning_rate": self.rate}
         decision = self.monitor.update(self.state.monitor, epoch, row)
-        decision = next_phase(
-            decision, self.state.monitor, ends_phase=self.tuning.at(epoch).last == epoch < self.p.epochs
-        )
+        phase = self.tuning.at(epoch)
+        more = phase.last < self.p.epochs
+        decision = within_phases(decision, self.state.monitor, more_to_come=more, ends_phase=epoch == phase.last)
         if decision.improved:
             self.best.keep()
         self._count_time(images=self._images_between(self.state.step, self.steps))

@@ -54,13 +54,14 @@ class Decision:
     stop: bool
 
 
-def next_phase(decision: Decision, state: MonitorState, ends_phase: bool) -> Decision:
-    """``decision`` at the end of an epoch that ``ends_phase`` of fine-tuning (the backbone
-    frozen, before its top layers learn): no stop, and patience counts anew in the next phase,
-    which has not had its chance (a head alone plateaus fast)."""
-    if not ends_phase:
+def within_phases(decision: Decision, state: MonitorState, more_to_come: bool, ends_phase: bool) -> Decision:
+    """``decision`` for an epoch of a fine-tuning phase with ``more_to_come`` (the backbone frozen,
+    before its top layers learn): never a stop, as the next phase has not had its chance (a head
+    alone plateaus fast); at its last epoch (``ends_phase``) patience starts counting anew."""
+    if not more_to_come:
         return decision
-    state.wait = state.plateau_wait = 0
+    if ends_phase:
+        state.wait = state.plateau_wait = 0
     return Decision(improved=decision.improved, stop=False)
 
 
