@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+from imgclf.console import interrupt
 from imgclf.console.cli import main
 from imgclf.core import paths
 from imgclf.core.errors import PipelineError
@@ -78,23 +79,27 @@ def spawn_workers(o: Options) -> list[subprocess.Popen]:
             cmd += ["--storage", o.storage]
         if o.timeout:
             cmd += ["--timeout", str(o.timeout)]
-        procs.append(subprocess.Popen(cmd, cwd=paths.ROOT))
+        procs.append(subprocess.Popen(cmd, cwd=paths.ROOT, stdin=subprocess.PIPE))  # closed: stop
     return procs
 
 
-# Seconds a worker gets to stop on its own, then again after a SIGTERM, before a SIGKILL.
+# Seconds the other processes get to stop on their own, then after a SIGTERM, before a SIGKILL.
 WORKER_GRACE = 60.0
 
 
-def stop_workers(procs: list[subprocess.Popen], signalled: bool) -> None:
-    """Stop the study's other processes, each closing its trial's run. After a signal they
-    most likely had too (Ctrl-C reaches the whole process group), so they are waited for first:
-    a second signal would stop them at once, wherever they are. Those still running get one
-    SIGTERM (what a stage takes as Ctrl-C), then a SIGKILL."""
+def stop_workers(procs: list[subprocess.Popen]) -> None:
+    """Stop the study's other processes, each closing its trial's run: their stdin is closed,
+    which stops them as a first Ctrl-C does (:func:`~imgclf.console.interrupt.stop_when_closed`;
+    nothing more if the terminal's Ctrl-C reached them too: a second signal would stop them at
+    once, wherever they are). Those still running after :data:`WORKER_GRACE` get a SIGTERM, then
+    a SIGKILL."""
     live = [proc for proc in procs if proc.poll() is None]
-    if signalled and live:
+    for proc in live:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    if live:
         log.info("waiting for %d other process(es) of the study to close their trials", len(live))
-        live = _still_running(live, WORKER_GRACE)
+    live = _still_running(live, WORKER_GRACE)
     for proc in live:
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
@@ -152,6 +157,8 @@ def apply_winner(out: search.Outcome) -> None:
 
 def tune(argv: list[str] | None = None) -> None:
     o = parse_args(argv)
+    if o.worker:  # spawned by the study's first process: stops when it says so, or dies
+        interrupt.stop_when_closed(sys.stdin.buffer)
     s = search.open_search(load(paths.PARAMS), o)
     # The other processes start before this one imports TensorFlow (in optimize), so all of
     # them import it at once and start work together.
@@ -166,10 +173,12 @@ def tune(argv: list[str] | None = None) -> None:
         status = "KILLED"
         raise
     finally:
-        stop_workers(procs, signalled=status == "KILLED")
-        outcome = search.conclude(s, status) if o.worker == 0 else None
-        if outcome is not None:
-            report(o, outcome)
+        try:
+            stop_workers(procs)
+        finally:  # even after a second Ctrl-C during the wait: the study run is closed
+            outcome = search.conclude(s, status) if o.worker == 0 else None
+            if outcome is not None:
+                report(o, outcome)
     if outcome is not None and o.apply:
         apply_winner(outcome)
 

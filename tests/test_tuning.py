@@ -233,6 +233,7 @@ CLOSING_WORKER = """
 import sys, time
 from imgclf.console import interrupt
 interrupt.install()
+interrupt.stop_when_closed(sys.stdin.buffer)
 open(sys.argv[1] + ".ready", "w").close()
 try:
     while True:
@@ -245,7 +246,7 @@ except KeyboardInterrupt:
 """
 
 
-def test_after_ctrl_c_the_other_processes_close_their_trials_before_anything_stops_them(tmp_path):
+def test_the_other_processes_of_a_study_close_their_trials_whether_or_not_they_had_the_signal(tmp_path):
     import signal
     import subprocess
     import sys
@@ -253,11 +254,17 @@ def test_after_ctrl_c_the_other_processes_close_their_trials_before_anything_sto
 
     from stages.tune import stop_workers
 
-    marker = tmp_path / "closed"
-    proc = subprocess.Popen([sys.executable, "-c", CLOSING_WORKER, str(marker)])
+    # One had the terminal's Ctrl-C too; the other not (`kill` of the command alone, a scheduler).
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CLOSING_WORKER, str(tmp_path / name)], stdin=subprocess.PIPE)
+        for name in ("signalled", "not")
+    ]
     deadline = time.monotonic() + 30
-    while not (tmp_path / "closed.ready").exists() and time.monotonic() < deadline:
+    while not all((tmp_path / f"{name}.ready").exists() for name in ("signalled", "not")):
+        assert time.monotonic() < deadline, "the workers did not start"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)  # the terminal's Ctrl-C reaches it as it reaches the command
-    stop_workers([proc], signalled=True)
-    assert proc.poll() is not None and marker.read_text() == "closed"
+    procs[0].send_signal(signal.SIGINT)
+    start = time.monotonic()
+    stop_workers(procs)
+    assert all(proc.poll() is not None for proc in procs) and time.monotonic() - start < 20
+    assert [(tmp_path / name).read_text() for name in ("signalled", "not")] == ["closed", "closed"]

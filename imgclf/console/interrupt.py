@@ -88,3 +88,18 @@ def check() -> None:
     """Raise :class:`KeyboardInterrupt` if a signal arrived whose exception was lost."""
     if _received.is_set():
         raise KeyboardInterrupt("interrupted earlier")
+
+
+def stop_when_closed(stream) -> None:
+    """Stop as on a first Ctrl-C once ``stream`` (a pipe from a parent process) ends: the parent
+    closed it to stop this process, or died. Nothing happens if a signal came already (the
+    terminal's Ctrl-C reaches every process of its group): a second would stop at once."""
+
+    def watch() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while stream.read(4096):
+                pass
+        if not _received.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, daemon=True, name="stop-when-closed").start()
