@@ -135,21 +135,22 @@ def report(o: Options, out: search.Outcome) -> None:
 
 
 def apply_winner(out: search.Outcome) -> None:
-    """Run the winner's ``dvc exp run``: the final model comes from the normal pipeline. An
-    experiment of that name run from this commit already (a second ``--apply`` of an unchanged
-    winner) is applied to the workspace instead (``dvc exp apply``)."""
+    """Run the winner's ``dvc exp run``: the final model comes from the normal pipeline. If an
+    experiment of that name was run from this commit already (a second ``--apply``, or a study
+    made anew under the same name), the winner runs under the name with a number added."""
     if out.command is None:
         raise PipelineError("no trial completed: there is no winner to run")
     cmd = shlex.split(out.command)
-    name = cmd[cmd.index("-n") + 1]
+    at = cmd.index("-n") + 1
     listed = subprocess.run(
         ["dvc", "exp", "list", "--name-only"], cwd=paths.ROOT, capture_output=True, text=True, check=False
     )
-    if name in listed.stdout.split():
-        cmd = ["dvc", "exp", "apply", name]
-        log.info("experiment %s was run from this commit already: applying it (%s)", name, shlex.join(cmd))
-    else:
-        log.info("running %s", out.command)
+    taken = set(listed.stdout.split())
+    if cmd[at] in taken:
+        name = next(f"{cmd[at]}-{k}" for k in range(2, len(taken) + 3) if f"{cmd[at]}-{k}" not in taken)
+        log.info("experiment %s was run from this commit already: running the winner as %s", cmd[at], name)
+        cmd[at] = name
+    log.info("running %s", shlex.join(cmd))
     done = subprocess.run(cmd, cwd=paths.ROOT, check=False)
     if done.returncode != 0:
         raise PipelineError(f"{shlex.join(cmd)} failed (exit {done.returncode}); the study is kept: rerun it by hand")

@@ -88,6 +88,13 @@ def test_labels_must_match_folders(class_folders: Path, labels, fragment):
         dataset.scan(class_folders, labels)
 
 
+def test_labels_read_as_numbers_are_told_to_be_quoted(tmp_path: Path):
+    for name in ("01", "02"):
+        make_image((200, 0, 0), 1).save((tmp_path / name).mkdir() or tmp_path / name / "a.png")
+    with pytest.raises(PipelineError, match=r"no such folder; folders found: \['01', '02'\] \(quote names"):
+        dataset.scan(tmp_path, ["1", "2"])  # labels: [01, 02] in params.yaml
+
+
 def test_missing_or_empty_source(tmp_path: Path):
     with pytest.raises(PipelineError, match="is not a folder"):
         dataset.scan(tmp_path / "nowhere")

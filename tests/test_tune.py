@@ -100,9 +100,11 @@ def test_trials_nest_in_mlflow_a_bad_one_is_pruned_and_the_winner_reproduces(pro
     assert train["val_accuracy"] == pytest.approx(best_run.data.metrics["best/val_accuracy"], rel=1e-6)
     exps = p.sh("dvc", "exp", "show", "--json").stdout
     assert f"tune-trial-{best.number}" in exps
-    # A second --apply of the same winner (a resume with the budget met) applies that experiment.
+    # A second --apply of the same winner (a resume with the budget met) runs it under a new name.
     again = p.sh("python", "-m", "stages.tune", "--trials", "3", "--resume", "--apply")
-    assert f"experiment tune-trial-{best.number} was run from this commit already: applying it" in again.stderr
+    name = f"tune-trial-{best.number}"
+    assert f"experiment {name} was run from this commit already: running the winner as {name}-2" in again.stderr
+    assert f"{name}-2" in p.sh("dvc", "exp", "list", "--name-only").stdout.split()
     assert p.json("reports/train.json")["val_loss"] == pytest.approx(best.value, rel=1e-6)
 
 

@@ -105,7 +105,10 @@ def _classes(source: Path, folders: list[str], labels: list[str] | None) -> list
         return folders
     missing = [lb for lb in labels if lb not in folders]
     if missing:
-        raise PipelineError(f"data.labels names {missing}, but {source} has no such folder; folders found: {folders}")
+        quote = " (quote names YAML reads as numbers: '01')" if any(lb.isdigit() for lb in missing) else ""
+        raise PipelineError(
+            f"data.labels names {missing}, but {source} has no such folder; folders found: {folders}{quote}"
+        )
     extra = [f for f in folders if f not in labels]
     if extra:
         raise PipelineError(

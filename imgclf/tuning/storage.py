@@ -111,6 +111,11 @@ def fail_unstarted(study, storage) -> int:
     return failed
 
 
+# Params a study's processes may hold differently: the epochs the study sets itself, and what
+# describes a machine (where it keeps the images, its devices).
+PER_MACHINE = ("train.epochs", "data.source", "train.strategy")
+
+
 def settings(p: Params) -> dict[str, Any]:
     """What a study is: changing any of it mid-study would mix incomparable trials. ``fixed``
     holds the params that shape every trial and that it does not search (params.yaml's)."""
@@ -119,7 +124,7 @@ def settings(p: Params) -> dict[str, Any]:
         "monitor": p.train.early_stopping.monitor,
         "epochs": p.tune.epochs,
         "space": {k: e.model_dump(exclude_none=True) for k, e in p.tune.space.items()},
-        "fixed": {k: v for k, v in shaping.items() if k not in p.tune.space and k != "train.epochs"},
+        "fixed": {k: v for k, v in shaping.items() if k not in p.tune.space and k not in PER_MACHINE},
     }
 
 
@@ -167,8 +172,8 @@ def open_study(p: Params, name: str, resume: bool, enqueue: tuple[str, ...], sto
         first = baseline(p)
         if first:
             study.enqueue_trial(first, user_attrs={ATTR_BASELINE: True})
-    for text in enqueue:  # on a resume too: the trials run next
-        study.enqueue_trial(parse_enqueue(text, p))
+    for text in enqueue:  # on a resume too: the trials run next (once, however often asked)
+        study.enqueue_trial(parse_enqueue(text, p), skip_if_exists=True)
     return study
 
 
