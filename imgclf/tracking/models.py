@@ -61,6 +61,29 @@ def _champion_figure(client, champion, metric: str, experiment_id: str) -> float
 LABELS_TAG = "imgclf.labels"
 
 
+def _kept_champion(client, champion, version: str, metric: str, value: float, labels, experiment_id) -> str | None:
+    """Why ``champion`` stays the champion against ``version`` (its ``metric`` ``value``, its
+    classes ``labels``), or None if the version replaces it."""
+    import json
+
+    if str(champion.version) == version:
+        return f"version {version} is the champion already"
+    if LABELS_TAG in champion.tags and json.loads(champion.tags[LABELS_TAG]) != labels:
+        return (
+            f"version {version} has other classes than champion version {champion.version} (or another order): "
+            "register it under another mlflow.model_name, or move the alias by hand"
+        )
+    best = _champion_figure(client, champion, metric, experiment_id)
+    if best is None:
+        return (
+            f"champion version {champion.version} has no recorded {metric}: move the alias by hand "
+            f"(MlflowClient().set_registered_model_alias) if version {version} should replace it"
+        )
+    if value <= best:
+        return f"version {version}: {metric} {value:.4f} does not beat champion version {champion.version}'s {best:.4f}"
+    return None
+
+
 def promote(
     name: str,
     metric: str,
@@ -100,25 +123,9 @@ def promote(
         champion = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         champion = None
-    if champion is not None and str(champion.version) == version:
-        return False, f"version {version} is the champion already"
-    if champion is not None and LABELS_TAG in champion.tags and json.loads(champion.tags[LABELS_TAG]) != labels:
-        return False, (
-            f"version {version} has other classes than champion version {champion.version} (or another order): "
-            "register it under another mlflow.model_name, or move the alias by hand"
-        )
-    if champion is not None:
-        best = _champion_figure(client, champion, metric, experiment_id)
-        if best is None:
-            return False, (
-                f"champion version {champion.version} has no recorded {metric}: move the alias by hand "
-                f"(MlflowClient().set_registered_model_alias) if version {version} should replace it"
-            )
-        if value <= best:
-            return False, (
-                f"version {version}: {metric} {value:.4f} does not beat champion version "
-                f"{champion.version}'s {best:.4f}"
-            )
+    refused = _kept_champion(client, champion, version, metric, value, labels, experiment_id) if champion else None
+    if refused:
+        return False, refused
     client.set_registered_model_alias(name, CHAMPION, version)
     before = f" (was version {champion.version})" if champion is not None else ""
     return True, f"version {version} is the champion{before}: {metric} {value:.4f}"

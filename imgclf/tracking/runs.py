@@ -176,15 +176,20 @@ def open_run(
     finally:
         if monitor is not None:
             monitor.finish()
-        if status == "FINISHED":
-            _end_run(active.info.run_id, status)
-        else:
-            # The stage's own error goes on up; one in closing its run must not replace it
-            # (a full disk fails the checkpoint and the SQLite store alike).
-            try:
-                _end_run(active.info.run_id, status)
-            except Exception as err:
-                log.warning("could not close %s run %s as %s: %s", stage, active.info.run_id, status, err)
+        _close(stage, active.info.run_id, status)
+
+
+def _close(stage: str, run_id: str, status: str) -> None:
+    """:func:`_end_run`; after the stage's own error (``status`` not FINISHED), which goes on up,
+    an error closing its run is a warning, not a replacement (a full disk fails the checkpoint
+    and the SQLite store alike)."""
+    if status == "FINISHED":
+        _end_run(run_id, status)
+        return
+    try:
+        _end_run(run_id, status)
+    except Exception as err:
+        log.warning("could not close %s run %s as %s: %s", stage, run_id, status, err)
 
 
 def _end_run(run_id: str, status: str) -> None:

@@ -108,8 +108,6 @@ def make_objective(p: Params, data, study_run_id: str, worker: str):
     fetch = functools.cache(fetch_model)  # a model URI in train.init is fetched once per study process
 
     def objective(trial) -> float:
-        import keras
-
         # First: a trial with its worker named is never taken for one a killed process left
         # before it began (storage.fail_unstarted), however long MLflow takes to answer below.
         trial.set_user_attr(ATTR_WORKER, worker)
@@ -143,11 +141,18 @@ def make_objective(p: Params, data, study_run_id: str, worker: str):
             status = "KILLED"
             raise
         finally:
-            # A first signal arriving now (Ctrl-C reaches every process of the study at once)
-            # waits for the run to be closed (search.optimize stops after the trial); a second
-            # one stops at once.
-            with interrupt.deferred():
-                tracked.end_trial(run_id, state, metrics, status=status)
-            keras.backend.clear_session()
+            _close_trial(run_id, state, metrics, status)
 
     return objective
+
+
+def _close_trial(run_id: str, state: str, metrics: dict[str, float], status: str) -> None:
+    """Close a trial's run. A first signal arriving meanwhile (Ctrl-C reaches every process of
+    the study at once) waits for it (the study stops after the trial); a second stops at once."""
+    import keras
+
+    from imgclf.tracking import study as tracked
+
+    with interrupt.deferred():
+        tracked.end_trial(run_id, state, metrics, status=status)
+    keras.backend.clear_session()
