@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed-$(subst /,_,$(PYTHON))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup system-deps run test lint format clean exps pipeline
+.PHONY: setup system-deps run test lint format clean exps pipeline check-lock
 
 setup: $(STAMP)
 
@@ -49,6 +49,11 @@ pipeline: $(STAMP)
 lint: $(STAMP)
 	ruff check .
 	ruff format --check .
+
+# CI: the committed dvc.lock was made by this code and these params (after a change: dvc repro,
+# then commit dvc.lock and reports/).
+check-lock: $(STAMP)
+	python scripts/check_lock.py
 
 format: $(STAMP)
 	ruff check --fix .
