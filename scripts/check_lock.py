@@ -26,11 +26,11 @@ def behind() -> list[str]:
     out = subprocess.run(["dvc", "status", "--json"], cwd=ROOT, capture_output=True, text=True, check=True)
     found = []
     for name, changes in json.loads(out.stdout or "{}").items():
-        code = set(pipeline.stage(name).code) if name in {s.name for s in pipeline.STAGES} else set()
-        for change in changes:
-            for dep, state in change.get("changed deps", {}).items() if isinstance(change, dict) else ():
-                if isinstance(state, dict) or (dep in code and state == "modified"):
-                    found.append(f"{name}: {dep}")
+        code = set(pipeline.stage(name).code)  # dvc.yaml is written from the pipeline (tests/test_dvc_yaml.py)
+        deps = [change["changed deps"] for change in changes if isinstance(change, dict) and "changed deps" in change]
+        for dep, state in (item for changed in deps for item in changed.items()):
+            if isinstance(state, dict) or (dep in code and state == "modified"):  # a dict: params changed
+                found.append(f"{name}: {dep}")
     return found
 
 

@@ -117,33 +117,42 @@ def _wait_for(cond, timeout: float, what: str) -> None:
     pytest.fail(f"timed out waiting for {what}")
 
 
-def test_a_killed_study_of_two_processes_resumes_and_finishes(project: Project):
-    p = project
-    _set_tune(p, pruner="none", epochs=1)
-    db = p.root / "optuna.db"
+def _rows(db, sql: str, *args) -> list[tuple] | None:
+    """Rows of ``sql`` on the study's SQLite file, read straight (opening it as an Optuna storage
+    would race the tune process creating its tables); None while it has no file or tables."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+            return con.execute(sql, args).fetchall()
+    except sqlite3.Error:
+        return None
 
-    def both_working() -> bool:
-        """A trial is complete, each process has started one, and one is running now. Read
-        straight from the SQLite file: opening it as an Optuna storage would race the tune
-        process creating its tables."""
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
-                states = [row[0] for row in con.execute("SELECT state FROM trials")]
-                workers = {
-                    row[0] for row in con.execute("SELECT value_json FROM trial_user_attributes WHERE key = 'worker'")
-                }
-        except sqlite3.Error:  # no file or no tables yet
-            return False
-        return "COMPLETE" in states and "RUNNING" in states and len(workers) == 2
 
-    proc = subprocess.Popen(
-        ["python", "-m", "stages.tune", "--trials", "5", "--jobs", "2"],
+def _start_tune(p: Project, *args: str) -> subprocess.Popen:
+    """``python -m stages.tune ARGS`` in a session of its own (signals go to its whole group)."""
+    return subprocess.Popen(
+        ["python", "-m", "stages.tune", *args],
         cwd=p.root,
         env=p.env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+
+
+def test_a_killed_study_of_two_processes_resumes_and_finishes(project: Project):
+    p = project
+    _set_tune(p, pruner="none", epochs=1)
+    db = p.root / "optuna.db"
+    workers_sql = "SELECT value_json FROM trial_user_attributes WHERE key = 'worker'"
+
+    def both_working() -> bool:
+        """A trial is complete, each process has started one, and one is running now."""
+        states, workers = _rows(db, "SELECT state FROM trials"), _rows(db, workers_sql)
+        if states is None or workers is None:
+            return False
+        return ("COMPLETE",) in states and ("RUNNING",) in states and len(set(workers)) == 2
+
+    proc = _start_tune(p, "--trials", "5", "--jobs", "2")
     try:
         _wait_for(lambda: both_working() or proc.poll() is not None, 240, "both processes at work")
         if proc.poll() is not None:
@@ -165,25 +174,15 @@ def test_a_killed_study_of_two_processes_resumes_and_finishes(project: Project):
     # Ctrl-C (SIGINT to the process group, as a terminal sends it) while both processes train
     # again: each closes its trial's run and stops, the command after its second process.
     def both_training_since(first: int) -> bool:
-        try:
-            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
-                rows = con.execute(
-                    "SELECT a.value_json FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
-                    "WHERE t.state = 'RUNNING' AND t.number >= ? AND a.key = 'worker'",
-                    (first,),
-                ).fetchall()
-        except sqlite3.Error:
-            return False
-        return len({row[0] for row in rows}) == 2
+        rows = _rows(
+            db,
+            "SELECT a.value_json FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+            "WHERE t.state = 'RUNNING' AND t.number >= ? AND a.key = 'worker'",
+            first,
+        )
+        return rows is not None and len(set(rows)) == 2
 
-    ctrl_c = subprocess.Popen(
-        ["python", "-m", "stages.tune", "--trials", "5", "--resume", "--jobs", "2"],
-        cwd=p.root,
-        env=p.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    ctrl_c = _start_tune(p, "--trials", "5", "--resume", "--jobs", "2")
     try:
         _wait_for(lambda: both_training_since(len(before)) or ctrl_c.poll() is not None, 240, "both at work again")
         os.killpg(ctrl_c.pid, signal.SIGINT)

@@ -57,6 +57,11 @@ def _champion_figure(client, champion, metric: str, experiment_id: str) -> float
     return run.data.metrics.get(metric) if run else None
 
 
+def _newest(versions):
+    """The highest-numbered of registered model ``versions``."""
+    return max(versions, key=lambda v: int(v.version))
+
+
 # A registered version's classes, in its outputs' order (JSON), tagged when it is evaluated.
 LABELS_TAG = "imgclf.labels"
 
@@ -112,7 +117,7 @@ def promote(
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{train_run_id}'")
     if not versions:
         return False, f"the model is not registered as {name} (it was trained with mlflow.register: false)"
-    version = str(max(versions, key=lambda v: int(v.version)).version)
+    version = str(_newest(versions).version)
     for key, value in figures.items():
         client.set_model_version_tag(name, version, FIGURE_TAG + key, str(value))
     client.set_model_version_tag(name, version, LABELS_TAG, json.dumps(labels, ensure_ascii=False))
@@ -160,7 +165,7 @@ def fetch_model(uri: str, what: str = "train.init"):
                 versions = client.search_model_versions(f"name = '{name}'")
                 if not versions:
                     raise PipelineError(f"{what} {uri}: the registry has no version of {name}")
-                version = max(versions, key=lambda v: int(v.version))
+                version = _newest(versions)
             else:
                 version = client.get_model_version(name, ref)
             run_id = version.run_id

@@ -198,11 +198,14 @@ def _end_run(run_id: str, status: str) -> None:
     next stage closes it (:func:`close_abandoned`) or a rerun carries it on."""
     import mlflow
 
+    def on_stack() -> bool:
+        active = mlflow.active_run()
+        return active is not None and active.info.run_id == run_id
+
     def close() -> None:
         # MLflow's end_run takes the run off its stack before it asks the server to close it, so
         # a try again after a failed request closes it directly.
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == run_id:
+        if on_stack():
             mlflow.end_run(status)
         else:
             mlflow.MlflowClient().set_terminated(run_id, status)
@@ -221,8 +224,7 @@ def _end_run(run_id: str, status: str) -> None:
         raise
     finally:
         # Off MLflow's stack whatever happened, so that its exit hook cannot close it FINISHED.
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == run_id:
+        if on_stack():
             with contextlib.suppress(Exception):
                 mlflow.end_run(last_try)
 

@@ -64,10 +64,9 @@ def ui_link(experiment_id: str, run_id: str, uri: str | None = None) -> str | No
     on its GenAI view, which shows no runs): on the tracking server itself, or where `mlflow ui`
     serves a store this process writes itself. None for Databricks, whose UI lives elsewhere."""
     uri = uri or tracking_uri()
-    scheme = urllib.parse.urlsplit(uri).scheme
     if uri.startswith("databricks"):
         return None
-    base = shown_uri(uri).rstrip("/") if scheme in ("http", "https") else LOCAL_UI  # SQLite, a database, a folder
+    base = shown_uri(uri).rstrip("/") if is_server(uri) else LOCAL_UI  # else SQLite, a database, a folder
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 

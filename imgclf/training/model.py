@@ -75,7 +75,8 @@ def restart_optimizer(optimizer) -> None:
     """Set ``optimizer``'s state (its step count and every slot: moments, velocities) back to a
     new one's, keeping its rate; a loss-scaling wrapper keeps its scale. Adam corrects its first
     steps' moments by the step count: left at the first phase's count, the layers that start
-    learning in the second took steps of 2-6 times the rate until their moments filled."""
+    learning in the second took steps of several times the rate until their moments filled
+    (docs/backbones.md)."""
     import keras
 
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # mixed_float16's LossScaleOptimizer
